@@ -1,0 +1,66 @@
+"""create_app(config): the one place that builds the aiohttp application and wires its parts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from osnova_server.config import Config
+from osnova_server.metrics import Metrics, metrics_view_for, route_label
+from osnova_server.rpc.methods import load_registry
+from osnova_server.rpc.protocol import Dispatcher
+from osnova_server.runtime import Runtime, open_runtime
+from osnova_server.web.auth import setup_auth
+from osnova_server.web.errors import setup_errors
+from osnova_server.web.forwarded import setup_forwarded
+from osnova_server.web.headers import setup_headers
+from osnova_server.web.keys import STATE_KEY, ServerState
+from osnova_server.web.routes import setup_routes
+from osnova_server.web.rpc_view import rpc_view
+
+
+def create_app(config: Config, runtime: Runtime | None = None) -> web.Application:
+    """Build the application for `config`; the runtime opens on startup unless one is given."""
+    app = web.Application(client_max_size=config.limits.max_body_bytes, handler_args={"max_field_size": 16384})
+    metrics = Metrics()
+    state = ServerState(metrics)
+    app[STATE_KEY] = state
+
+    # Middleware order, outermost first, and why:
+    # errors    - shapes every refusal below it (and any bug) into a JSON answer;
+    # forwarded - decides the client address that the ban list, limiter and audit log key on;
+    # auth      - verifies a bearer token before the body is read, so a bad token costs nothing.
+    # The ban list and CORS come from their own setup functions; rate limiting is charged in
+    # the /rpc and /ws handlers because a batch costs one token per member.
+    setup_errors(app)
+    setup_forwarded(app, config.server.trusted_proxies)
+    setup_auth(app)
+    setup_headers(app)
+
+    setup_routes(app)
+    app.router.add_post("/rpc", rpc_view)
+    app.router.add_get("/metrics", metrics_view_for(metrics, config.metrics.allow_from))
+
+    async def count_http(request: web.Request, response: web.StreamResponse) -> None:
+        metrics.observe_http(route_label(request), response.status)
+
+    app.on_response_prepare.append(count_http)
+
+    async def runtime_context(app: web.Application) -> AsyncIterator[None]:
+        if runtime is not None:
+            _install(state, runtime)
+            yield
+            return
+        async with open_runtime(config) as opened:
+            _install(state, opened)
+            yield
+
+    app.cleanup_ctx.append(runtime_context)
+    return app
+
+
+def _install(state: ServerState, runtime: Runtime) -> None:
+    """Attach the runtime and a dispatcher that feeds metrics and the audit log."""
+    state.runtime = runtime
+    state.dispatcher = Dispatcher(load_registry(), observe=runtime.call_observer(state.metrics))

@@ -1,0 +1,366 @@
+"""The server's configuration: frozen dataclasses read from TOML, checked, and written back.
+
+Loading never half-succeeds: every problem found is collected into one `ConfigError`, whose
+lines name the key or path and say how to fix it, so `check-config` can print them all at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, get_type_hints
+
+import tomli_w
+
+SYSTEM_CONFIG_PATH: Final = Path("/etc/osnova/server.toml")
+SAMPLE_SECRET: Final = "your-secret-key-here"
+MIN_SECRET_BYTES: Final = 32
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS: Final = ("json", "text")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `problems` holds one clear line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def default_state_dir() -> str:
+    """The XDG state directory the embedded defaults keep everything in."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "osnova")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSection:
+    """[server]: where to listen and how many clients to hold."""
+
+    bind_address: str = "127.0.0.1:8080"
+    max_clients: int = 5
+    state_dir: str = field(default_factory=default_state_dir)
+    advertised_address: str = ""
+    idle_timeout: int = 300
+    ws_heartbeat: int = 30
+    trusted_proxies: list[str] = field(default_factory=list)
+    shutdown_timeout: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSection:
+    """[tls]: HTTPS and WSS on the same port."""
+
+    enabled: bool = False
+    cert_path: str = ""
+    key_path: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CorsSection:
+    """[cors]: browser origins that may call the API."""
+
+    allowed_origins: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSection:
+    """[auth]: how access tokens are signed and how long they live."""
+
+    jwt_secret: str = ""
+    jwt_secret_file: str = ""
+    token_expiry: int = 86400
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitSection:
+    """[rate_limit]: the token bucket every client draws from."""
+
+    requests_per_second: float = 100.0
+    burst_size: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSection:
+    """[logging]: level, line format and destination."""
+
+    level: str = "info"
+    format: str = "json"
+    file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsSection:
+    """[limits]: the size bounds of what clients may send."""
+
+    max_body_bytes: int = 1_048_576
+    max_ws_message_bytes: int = 1_048_576
+    max_batch: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class AppsSection:
+    """[apps]: where app manifests may be fetched from."""
+
+    allow_http: bool = False
+    ant_gateway: str = ""
+    fetch_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSection:
+    """[metrics]: who may scrape /metrics."""
+
+    allow_from: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+
+
+@dataclass(frozen=True, slots=True)
+class BanSection:
+    """[ban]: how many failed authentications from one address earn it a ban."""
+
+    enabled: bool = True
+    max_failures: int = 10
+    window: int = 600
+    duration: int = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration; `source` is the file it came from, if any."""
+
+    server: ServerSection = field(default_factory=ServerSection)
+    tls: TlsSection = field(default_factory=TlsSection)
+    cors: CorsSection = field(default_factory=CorsSection)
+    auth: AuthSection = field(default_factory=AuthSection)
+    rate_limit: RateLimitSection = field(default_factory=RateLimitSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
+    apps: AppsSection = field(default_factory=AppsSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    ban: BanSection = field(default_factory=BanSection)
+    source: Path | None = field(default=None, compare=False)
+
+    @property
+    def state_dir(self) -> Path:
+        """The directory that holds everything the server keeps."""
+        return Path(self.server.state_dir).expanduser()
+
+    @property
+    def host(self) -> str:
+        """The host part of `bind_address`, without IPv6 brackets."""
+        return parse_bind_address(self.server.bind_address)[0]
+
+    @property
+    def port(self) -> int:
+        """The port part of `bind_address`."""
+        return parse_bind_address(self.server.bind_address)[1]
+
+    @property
+    def secret_file(self) -> Path:
+        """Where the JWT secret is read from, or generated into on first start."""
+        if self.auth.jwt_secret_file:
+            return Path(self.auth.jwt_secret_file).expanduser()
+        return self.state_dir / "jwt.secret"
+
+    @property
+    def scheme(self) -> str:
+        """`https` when TLS is on, else `http`."""
+        return "https" if self.tls.enabled else "http"
+
+
+_SECTIONS: Final = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "source"}
+
+
+def parse_bind_address(value: str) -> tuple[str, int]:
+    """Split `host:port` or `[v6]:port`; raise ValueError with a reason when it does not parse."""
+    if value.startswith("["):
+        host, sep, port_text = value[1:].partition("]:")
+        if not sep:
+            raise ValueError("IPv6 addresses are written [addr]:port")
+        ipaddress.IPv6Address(host)
+    else:
+        host, sep, port_text = value.rpartition(":")
+        if not sep or not host:
+            raise ValueError("expected HOST:PORT")
+        if ":" in host:
+            raise ValueError("IPv6 addresses are written [addr]:port")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port {port_text!r} is not a number from 0 to 65535")
+    return host, int(port_text)
+
+
+def _check_type(where: str, value: Any, expected: Any, problems: list[str]) -> Any:
+    """Return `value` if it has the TOML type the field expects, else record why not."""
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected in names:
+        if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+            return value
+        problems.append(f"{where} must be {names[expected]}, not {value!r}")
+        return None
+    # list[str]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return list(value)
+    problems.append(f"{where} must be a list of strings, not {value!r}")
+    return None
+
+
+def _build_section(name: str, cls: Any, raw: Any, problems: list[str]) -> Any:
+    """Build one section dataclass from its TOML table, recording unknown keys and bad types."""
+    if not isinstance(raw, Mapping):
+        problems.append(f"[{name}] must be a table")
+        return cls()
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in hints:
+            known = ", ".join(hints)
+            problems.append(f"unknown key [{name}] {key}; known keys are: {known}")
+            continue
+        expected = hints[key]
+        checked = _check_type(f"[{name}] {key}", value, list if expected == list[str] else expected, problems)
+        if checked is not None:
+            values[key] = checked
+    return cls(**values)
+
+
+def from_mapping(raw: Mapping[str, Any], source: Path | None = None) -> Config:
+    """Build a Config from parsed TOML, raising ConfigError with every problem found."""
+    problems: list[str] = []
+    sections: dict[str, Any] = {}
+    hints = get_type_hints(Config)
+    for name, table in raw.items():
+        if name not in _SECTIONS:
+            problems.append(f"unknown section [{name}]; known sections are: {', '.join(_SECTIONS)}")
+            continue
+        sections[name] = _build_section(name, hints[name], table, problems)
+    if problems:
+        raise ConfigError(problems)
+    config = Config(**sections, source=source)
+    problems.extend(validate(config))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def validate(config: Config) -> list[str]:
+    """Return a line per value that is well-typed but unusable."""
+    problems: list[str] = []
+    where = f" in {config.source}" if config.source else ""
+    try:
+        parse_bind_address(config.server.bind_address)
+    except ValueError as err:
+        problems.append(
+            f"[server] bind_address {config.server.bind_address!r} does not parse ({err}); "
+            'use e.g. "127.0.0.1:8080" or "[::]:8080"'
+        )
+    if config.server.max_clients < 1:
+        problems.append(f"[server] max_clients must be at least 1, not {config.server.max_clients}")
+    for key in ("idle_timeout", "ws_heartbeat", "shutdown_timeout"):
+        if getattr(config.server, key) < 1:
+            problems.append(f"[server] {key} must be at least 1 second")
+    for proxy in config.server.trusted_proxies:
+        problems.extend(_network_problem("[server] trusted_proxies", proxy))
+    for proxy in config.metrics.allow_from:
+        problems.extend(_network_problem("[metrics] allow_from", proxy))
+    if config.auth.token_expiry < 60:
+        problems.append("[auth] token_expiry must be at least 60 seconds")
+    if config.rate_limit.requests_per_second <= 0 or config.rate_limit.burst_size < 1:
+        problems.append("[rate_limit] requests_per_second must be above 0 and burst_size at least 1")
+    for key in ("max_body_bytes", "max_ws_message_bytes", "max_batch"):
+        if getattr(config.limits, key) < 1:
+            problems.append(f"[limits] {key} must be at least 1")
+    if config.apps.fetch_timeout <= 0:
+        problems.append("[apps] fetch_timeout must be above 0 seconds")
+    if config.logging.level.lower() not in LOG_LEVELS:
+        problems.append(f"[logging] level must be one of {', '.join(LOG_LEVELS)}, not {config.logging.level!r}")
+    if config.logging.format not in LOG_FORMATS:
+        problems.append(f"[logging] format must be \"json\" or \"text\", not {config.logging.format!r}")
+    if config.ban.max_failures < 1 or config.ban.window < 1 or config.ban.duration < 1:
+        problems.append("[ban] max_failures, window and duration must each be at least 1")
+    for origin in config.cors.allowed_origins:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            problems.append(f"[cors] allowed_origins entry {origin!r} must be \"*\" or start with http:// or https://")
+    if config.tls.enabled:
+        for key, fix in (("cert_path", "certificate"), ("key_path", "key")):
+            path = getattr(config.tls, key)
+            if not path:
+                problems.append(
+                    f"[tls] {key} is empty{where}; run `osnova-server init --self-signed` "
+                    "or set [tls] enabled = false"
+                )
+            elif not os.access(path, os.R_OK):
+                state = "not found" if not os.path.exists(path) else "not readable"
+                problems.append(
+                    f"{fix} {path} {state}; run `osnova-server init --self-signed` "
+                    "or set [tls] enabled = false"
+                )
+    return problems
+
+
+def _network_problem(where: str, value: str) -> list[str]:
+    """Return a problem line if `value` is not an IP address or network."""
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return [f"{where} entry {value!r} is not an IP address or network such as \"192.168.1.0/24\""]
+    return []
+
+
+def resolve_path(cli_path: str | None, environ: Mapping[str, str] | None = None) -> Path | None:
+    """Pick the config file: --config, else $OSNOVA_CONFIG, else /etc/osnova/server.toml if present."""
+    env = os.environ if environ is None else environ
+    if cli_path:
+        return Path(cli_path)
+    if env.get("OSNOVA_CONFIG"):
+        return Path(env["OSNOVA_CONFIG"])
+    if SYSTEM_CONFIG_PATH.exists():
+        return SYSTEM_CONFIG_PATH
+    return None
+
+
+def load(path: Path | None) -> Config:
+    """Read and check the config at `path`, or return the embedded defaults when it is None."""
+    if path is None:
+        return Config()
+    try:
+        with path.open("rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError([f"config file {path} not found; create one with `osnova-server --config {path} init`"]) from None
+    except PermissionError:
+        raise ConfigError([f"config file {path} is not readable by this user"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"config file {path} is a directory"]) from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError([f"config file {path} is not valid TOML: {err}"]) from None
+    return from_mapping(raw, source=path)
+
+
+def to_mapping(config: Config) -> dict[str, Any]:
+    """The config as TOML-ready tables (every key, so the written file documents itself)."""
+    return {name: dataclasses.asdict(getattr(config, name)) for name in _SECTIONS}
+
+
+def write(config: Config, path: Path) -> None:
+    """Write `config` as TOML to `path` atomically, mode 0600 (it may hold a secret)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        tomli_w.dump(to_mapping(config), handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+
+
+def replace(config: Config, section: str, **changes: Any) -> Config:
+    """Return a copy of `config` with keys of one section changed."""
+    updated = dataclasses.replace(getattr(config, section), **changes)
+    return dataclasses.replace(config, **{section: updated})

@@ -1,0 +1,22 @@
+"""status.get: how the server and the services it depends on are doing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from osnova_server import __version__
+from osnova_server.rpc.context import Context
+from osnova_server.rpc.methods import REGISTRY as rpc
+from osnova_server.services.status import check_services, overall
+
+
+@rpc.method("status.get")
+async def status_get(ctx: Context) -> dict[str, Any]:
+    """Report the server's overall health and each service it depends on."""
+    services = await check_services(ctx.runtime)
+    return {
+        "status": overall(services),
+        "version": __version__,
+        "uptime": round(ctx.runtime.uptime, 3),
+        "services": services,
+    }

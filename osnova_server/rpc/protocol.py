@@ -1,0 +1,179 @@
+"""JSON-RPC 2.0 framing: decode a message, run its calls through the registry, shape answers.
+
+This module knows the specification and nothing of HTTP or WebSockets; `/rpc` and `/ws` both
+call `decode` then `execute`. Decoding is separate from executing so a transport can look at
+what a message calls (public methods only? how many members to charge the rate limiter?)
+before anything runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from osnova_server.errors import InternalError, InvalidRequest, MethodNotFound, ParseError, RpcError
+from osnova_server.rpc import codec
+from osnova_server.rpc.context import Context
+from osnova_server.rpc.registry import Registry
+
+_LOGGER = logging.getLogger(__name__)
+
+BATCH_CONCURRENCY: Final = 16
+UNKNOWN_METHOD: Final = "(unknown)"
+
+# Called after every call with (method label, outcome, seconds, context); metrics and audit hook in here.
+CallObserver = Callable[[str, str, float, Context], None]
+
+
+class Envelope:
+    """A decoded message: its members, whether it was a batch, or the error that ends it."""
+
+    __slots__ = ("members", "is_batch", "error")
+
+    def __init__(self, members: list[Any], is_batch: bool, error: RpcError | None = None) -> None:
+        self.members = members
+        self.is_batch = is_batch
+        self.error = error
+
+    @property
+    def cost(self) -> int:
+        """What the message costs against the rate limiter: one per member."""
+        return max(1, len(self.members))
+
+    def method_names(self) -> list[Any]:
+        """The `method` of every member that names one (for the public-methods check)."""
+        return [m.get("method") for m in self.members if isinstance(m, dict)]
+
+
+def decode(raw: bytes | str, max_batch: int) -> Envelope:
+    """Parse one HTTP body or WebSocket frame into an Envelope; never raises."""
+    try:
+        message = codec.loads(raw)
+    except ValueError as err:
+        return Envelope([], False, ParseError(f"Parse error: {err}"))
+    if isinstance(message, list):
+        if not message:
+            return Envelope([], True, InvalidRequest("Invalid Request: empty batch"))
+        if len(message) > max_batch:
+            return Envelope(
+                [], True,
+                InvalidRequest(f"Invalid Request: batch of {len(message)} exceeds the limit of {max_batch}"),
+            )
+        return Envelope(message, True)
+    return Envelope([message], False)
+
+
+def error_answer(error: RpcError, request_id: Any = None) -> dict[str, Any]:
+    """A JSON-RPC error response object."""
+    return {"jsonrpc": "2.0", "error": error.to_dict(), "id": request_id}
+
+
+def _valid_id(member: dict[str, Any]) -> Any:
+    """The member's id if it is a JSON-RPC id (string, number or null), else None."""
+    request_id = member.get("id")
+    if request_id is None or isinstance(request_id, (str, float)):
+        return request_id
+    if isinstance(request_id, int) and not isinstance(request_id, bool):
+        return request_id
+    return None
+
+
+def _invalid_reason(member: Any) -> str | None:
+    """Why `member` is not a valid Request object, or None if it is."""
+    if not isinstance(member, dict):
+        return "a request must be an object"
+    if member.get("jsonrpc") != "2.0":
+        return 'missing "jsonrpc": "2.0"'
+    if not isinstance(member.get("method"), str):
+        return '"method" must be a string'
+    if "params" in member and not isinstance(member["params"], (list, dict)):
+        return '"params" must be an array or an object'
+    if "id" in member and member["id"] is not None and _valid_id(member) is None:
+        return '"id" must be a string, a number or null'
+    return None
+
+
+class Dispatcher:
+    """Runs decoded messages against one registry; shared by every transport."""
+
+    __slots__ = ("registry", "observe")
+
+    def __init__(self, registry: Registry, observe: CallObserver | None = None) -> None:
+        self.registry = registry
+        self.observe = observe
+
+    async def execute(self, envelope: Envelope, ctx: Context) -> Any:
+        """Run every call of the envelope; return the answer, or None when nothing is owed."""
+        if envelope.error is not None:
+            return error_answer(envelope.error)
+        if not envelope.is_batch:
+            return await self.call(envelope.members[0], ctx)
+        if len(envelope.members) == 1:
+            answers = [await self.call(envelope.members[0], ctx)]
+        else:
+            gate = asyncio.Semaphore(BATCH_CONCURRENCY)
+
+            async def bounded(member: Any) -> Any:
+                async with gate:
+                    return await self.call(member, ctx)
+
+            answers = await asyncio.gather(*(bounded(member) for member in envelope.members))
+        present = [answer for answer in answers if answer is not None]
+        return present or None
+
+    async def call(self, member: Any, ctx: Context) -> dict[str, Any] | None:
+        """Run one Request object; None for a notification."""
+        reason = _invalid_reason(member)
+        if reason is not None:
+            request_id = _valid_id(member) if isinstance(member, dict) else None
+            return error_answer(InvalidRequest(f"Invalid Request: {reason}"), request_id)
+        name: str = member["method"]
+        is_notification = "id" not in member
+        request_id = member.get("id")
+        method = self.registry.get(name)
+        label = name if method is not None else UNKNOWN_METHOD
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            if method is None or (method.websocket_only and ctx.transport != "ws"):
+                where = " (it is served on the WebSocket /ws only)" if method is not None else ""
+                raise MethodNotFound(f"Method not found: {name}{where}")
+            method.authorize(ctx)
+            kwargs = method.bind(member.get("params"))
+            result = await method.func(ctx, **kwargs)
+        except RpcError as err:
+            outcome = _outcome(err)
+            answer = error_answer(err, request_id)
+        except Exception:
+            outcome = "internal_error"
+            _LOGGER.exception("method %s failed (request id %r)", name, request_id)
+            answer = error_answer(InternalError(), request_id)
+        else:
+            answer = {"jsonrpc": "2.0", "result": result, "id": request_id}
+        if self.observe is not None:
+            self.observe(label, outcome, time.perf_counter() - started, ctx)
+        return None if is_notification else answer
+
+
+_OUTCOMES: Final = {
+    -32700: "parse_error",
+    -32600: "invalid_request",
+    -32601: "method_not_found",
+    -32602: "invalid_params",
+    -32603: "internal_error",
+    -32001: "not_found",
+    -32002: "unauthorized",
+    -32003: "forbidden",
+    -32004: "manifest_invalid",
+    -32005: "unsupported_scheme",
+    -32006: "fetch_failed",
+    -32029: "rate_limited",
+}
+
+
+def _outcome(error: RpcError) -> str:
+    """A bounded metric label for an error."""
+    return _OUTCOMES.get(error.code, "error")

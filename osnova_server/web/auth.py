@@ -1,0 +1,57 @@
+"""Bearer-token authentication for /rpc and /ws, decided before any body is read.
+
+A request with an Authorization header either carries a valid `Bearer` token or is refused with
+401 on the spot; a request without one goes on anonymous, and the RPC view lets it call only the
+public methods.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
+
+from osnova_server.logs import audit
+from osnova_server.security.tokens import TokenInvalid
+from osnova_server.web.errors import json_error
+from osnova_server.web.keys import CLAIMS_KEY, REMOTE_KEY, STATE_KEY, TOKEN_KEY
+
+PROTECTED_PATHS: Final = frozenset({"/rpc", "/ws"})
+CHALLENGE: Final = {"WWW-Authenticate": "Bearer"}
+
+
+def unauthorized(message: str) -> web.Response:
+    """A 401 answer with the Bearer challenge."""
+    return json_error(401, message, CHALLENGE)
+
+
+def setup_auth(app: web.Application) -> None:
+    """Install the middleware that verifies bearer tokens on the protected paths."""
+
+    @web.middleware
+    async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        header = request.headers.get(hdrs.AUTHORIZATION)
+        if header is None or request.path not in PROTECTED_PATHS or request.method == hdrs.METH_OPTIONS:
+            request[CLAIMS_KEY] = None
+            request[TOKEN_KEY] = None
+            return await handler(request)
+        runtime = request.app[STATE_KEY].runtime
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            audit("auth", outcome="refused", reason="not a bearer token", remote=request[REMOTE_KEY])
+            runtime.record_auth_failure(request[REMOTE_KEY])
+            return unauthorized("the Authorization header must be `Bearer <token>`")
+        try:
+            claims = runtime.tokens.verify(token)
+        except TokenInvalid as err:
+            audit("auth", outcome="refused", reason=err.reason, remote=request[REMOTE_KEY])
+            runtime.record_auth_failure(request[REMOTE_KEY])
+            return unauthorized(f"invalid access token: {err.reason}")
+        request[CLAIMS_KEY] = claims
+        request[TOKEN_KEY] = token
+        runtime.record_seen(claims)
+        return await handler(request)
+
+    app.middlewares.append(auth_middleware)

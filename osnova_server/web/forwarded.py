@@ -1,0 +1,57 @@
+"""Who is really calling: the peer address, or X-Forwarded-For when the peer is a trusted proxy.
+
+Everything keyed by client (rate limits, bans, audit lines) reads `request[REMOTE_KEY]`, so a
+client on the LAN cannot pick its own identity by sending X-Forwarded-For: only the configured
+proxies' word is taken, and only the address just before the last trusted hop.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
+
+from osnova_server.web.keys import REMOTE_KEY
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _is_trusted(address: str, proxies: Sequence[Network]) -> bool:
+    """Whether `address` is one of the trusted proxies."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in proxies)
+
+
+def client_address(peer: str, forwarded_for: str | None, proxies: Sequence[Network]) -> str:
+    """The client address: walk X-Forwarded-For from the right past trusted proxies."""
+    if not proxies or not forwarded_for or not _is_trusted(peer, proxies):
+        return peer
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return peer  # a malformed header from a trusted proxy: trust nothing in it
+        if not _is_trusted(hop, proxies):
+            return hop
+    return hops[0] if hops else peer
+
+
+def setup_forwarded(app: web.Application, trusted_proxies: Sequence[str]) -> None:
+    """Install the middleware that sets `request[REMOTE_KEY]`."""
+    proxies = [ipaddress.ip_network(proxy, strict=False) for proxy in trusted_proxies]
+
+    @web.middleware
+    async def forwarded_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        peer = request.remote or "unknown"
+        if proxies:
+            peer = client_address(peer, request.headers.get(hdrs.X_FORWARDED_FOR), proxies)
+        request[REMOTE_KEY] = peer
+        return await handler(request)
+
+    app.middlewares.append(forwarded_middleware)

@@ -1,0 +1,44 @@
+"""POST /rpc: JSON-RPC 2.0 over HTTP.
+
+The order of checks is the contract's: the token was verified by the auth middleware before the
+body was read; then the body is read within its size limit and parsed whatever its Content-Type;
+an anonymous caller that names any non-public method gets 401 and nothing runs; the rate limiter
+charges one token per batch member; only then does anything run.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from osnova_server.rpc import codec, protocol
+from osnova_server.rpc.context import Context
+from osnova_server.web.auth import unauthorized
+from osnova_server.web.keys import CLAIMS_KEY, REMOTE_KEY, STATE_KEY
+from osnova_server.web.ratelimit import charge
+
+JSON_CONTENT_TYPE = "application/json"
+
+
+async def rpc_view(request: web.Request) -> web.StreamResponse:
+    """Answer one JSON-RPC request or batch."""
+    state = request.app[STATE_KEY]
+    runtime = state.runtime
+    dispatcher = state.dispatcher
+    body = await request.read()  # over client_max_size aiohttp answers 413 on its own
+    envelope = protocol.decode(body, runtime.config.limits.max_batch)
+    claims = request[CLAIMS_KEY]
+    if claims is None and envelope.error is None:
+        registry = dispatcher.registry
+        if not all(registry.is_public(name) for name in envelope.method_names()):
+            return unauthorized("this method needs a bearer token; pair a device or use `osnova-server token`")
+    refusal = charge(request, envelope.cost)
+    if refusal is not None:
+        return refusal
+    ctx = Context(runtime, claims, request[REMOTE_KEY], "http")
+    answer = await dispatcher.execute(envelope, ctx)
+    if answer is None:
+        return web.Response(status=204)
+    response = web.Response(body=codec.dumps(answer), content_type=JSON_CONTENT_TYPE)
+    if response.body is not None and len(response.body) > 4096:  # type: ignore[arg-type]
+        response.enable_compression()
+    return response

@@ -1,0 +1,182 @@
+"""Shared fixtures: a real osnova-server on an ephemeral loopback port, with real SQLite in a temp dir."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from osnova_server import config as config_module
+from osnova_server.client import OsnovaClient
+from osnova_server.config import Config
+from osnova_server.runtime import Runtime
+from osnova_server.security.tokens import Scope
+from osnova_server.server import Server
+from osnova_server.web.keys import STATE_KEY
+
+TEST_SECRET = "0123456789abcdef0123456789abcdef0123456789abcdef"
+
+
+def make_config(state_dir: Path, **sections: dict[str, Any]) -> Config:
+    """A config for tests: loopback, port 0, state in `state_dir`, plus per-section overrides."""
+    config = config_module.Config()
+    config = config_module.replace(config, "server", bind_address="127.0.0.1:0", state_dir=str(state_dir))
+    config = config_module.replace(config, "auth", jwt_secret=TEST_SECRET)
+    config = config_module.replace(config, "logging", level="warning", format="text")
+    config = config_module.replace(config, "rate_limit", requests_per_second=10_000.0, burst_size=10_000)
+    for section, changes in sections.items():
+        config = config_module.replace(config, section, **changes)
+    return config
+
+
+@dataclass
+class RunningServer:
+    """A server started by a test, and what tests need to talk to it."""
+
+    server: Server
+    url: str
+
+    @property
+    def runtime(self) -> Runtime:
+        """The live runtime (store, tokens, events...)."""
+        return self.server.app[STATE_KEY].runtime
+
+    @property
+    def config(self) -> Config:
+        """The config it runs with."""
+        return self.server.config
+
+    def admin_token(self, ttl: int = 600) -> str:
+        """A fresh admin token."""
+        return self.runtime.tokens.issue(Scope.ADMIN, None, ttl)[0]
+
+    def client(self, token: str | None = None, *, admin: bool = False, **kwargs: Any) -> OsnovaClient:
+        """An OsnovaClient for this server (admin token when `admin`)."""
+        return OsnovaClient(self.url, self.admin_token() if admin else token, **kwargs)
+
+
+@asynccontextmanager
+async def running_server(config: Config) -> AsyncIterator[RunningServer]:
+    """Start a real server for `config` in this event loop; stop it afterwards."""
+    server = Server(config)
+    await server.start()
+    try:
+        yield RunningServer(server, f"{config.scheme}://127.0.0.1:{server.port}")
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    """A fresh state directory."""
+    path = tmp_path / "state"
+    path.mkdir(mode=0o700)
+    return path
+
+
+@pytest.fixture
+def config(state_dir: Path) -> Config:
+    """The default test config."""
+    return make_config(state_dir)
+
+
+@pytest.fixture
+async def osnova(config: Config) -> AsyncIterator[RunningServer]:
+    """A running server with the default test config."""
+    async with running_server(config) as running:
+        yield running
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain aiohttp client session."""
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+# -- the server as a separate process, for lifecycle and CLI tests ---------------------------
+
+
+def write_config(path: Path, config: Config) -> Path:
+    """Write `config` as a TOML file and return its path."""
+    config_module.write(config, path)
+    return path
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run `python -m osnova_server ARGS` and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "osnova_server", *args],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+    )
+
+
+class ServerProcess:
+    """`osnova-server serve` in a child process, with its port read from a config we wrote."""
+
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
+        self.config_path = config_path
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "osnova_server", "--config", str(config_path), "serve"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+        )
+
+    def wait_ready(self, url: str, timeout: float = 15.0) -> float:
+        """Poll /health until it answers; return seconds taken."""
+        import urllib.request
+
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited early: {self.process.stderr.read() if self.process.stderr else ''}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1) as answer:  # noqa: S310 - loopback
+                    if answer.status == 200:
+                        return time.monotonic() - started
+            except OSError:
+                time.sleep(0.02)
+        raise AssertionError("server did not become ready")
+
+    def stop(self, timeout: float = 15.0) -> tuple[int, str]:
+        """SIGTERM the server and return (exit code, stderr)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            _, err = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            _, err = self.process.communicate()
+        return self.process.returncode, err
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def server_process() -> Iterator[Callable[..., ServerProcess]]:
+    """Start server processes; every one still running at the end is stopped."""
+    started: list[ServerProcess] = []
+
+    def start(config_path: Path, env: dict[str, str] | None = None) -> ServerProcess:
+        process = ServerProcess(config_path, env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
