@@ -1,0 +1,402 @@
+"""Logging for osnova-server: JSON or text lines written off the event loop, and an audit log.
+
+Every record goes through one `QueueHandler` on the root logger; a `QueueListener` thread formats
+it and writes it to stderr (journald) or a rotating file, so a slow disk or a blocked pipe never
+stalls the event loop. The queue is bounded: when it is full, records are dropped and counted, and
+the next line written says how many were lost.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import logging.handlers
+import os
+import re
+import sys
+import threading
+import time
+from functools import lru_cache
+from queue import SimpleQueue
+from typing import Any, Final, TextIO
+
+_LOGGER = logging.getLogger(__name__)
+
+LOG_LEVELS: Final[frozenset[str]] = frozenset({"debug", "info", "warning", "error", "critical"})
+LOG_FORMATS: Final[frozenset[str]] = frozenset({"json", "text"})
+AUDIT_LOGGER_NAME: Final = "osnova.audit"
+ACCESS_LOGGER_NAME: Final = "aiohttp.access"
+REDACTED: Final = "[REDACTED]"
+
+ROTATE_MAX_BYTES: Final = 10 * 1024 * 1024
+ROTATE_BACKUP_COUNT: Final = 5
+# About 10,000 lines of ~300 bytes: a few MB at most while the sink is stalled.
+QUEUE_MAX_RECORDS: Final = 10_000
+
+_SECRET_KEY_RE: Final = re.compile(
+    "token|secret|password|code|key|refresh|authorization|nonce", re.IGNORECASE
+)
+# Keys of the LogRecord a JSON line must keep; `fields` cannot overwrite them.
+_BASE_KEYS: Final = frozenset({"ts", "level", "logger", "msg", "exc"})
+_NEEDS_QUOTES_RE: Final = re.compile(r'[\s"=\\]')
+# Neither format shows the caller's file and line, thread or process, so logging need not
+# collect them for every record (the `logging` HOWTO's "Optimization" section); this halves the
+# cost of a log call. `stop()` restores them.
+_UNUSED_RECORD_ATTRIBUTES: Final[dict[str, Any]] = {
+    "_srcfile": None,
+    "logThreads": False,
+    "logProcesses": False,
+    "logMultiprocessing": False,
+}
+
+# Built once: json.dumps with any option builds a new encoder on every call.
+_JSON_ENCODE: Final = json.JSONEncoder(default=str).encode
+_COMPACT_ENCODE: Final = json.JSONEncoder(default=str, separators=(",", ":")).encode
+
+_AUDIT_LOGGER: Final = logging.getLogger(AUDIT_LOGGER_NAME)
+_AUDIT_ENABLED_FOR = _AUDIT_LOGGER.isEnabledFor
+
+_current: LoggingHandle | None = None
+_setup_lock: Final = threading.Lock()
+
+
+def _level_number(level: str) -> int:
+    """Turn a config level name into a `logging` number, refusing names outside `LOG_LEVELS`."""
+    name = level.strip().lower()
+    if name not in LOG_LEVELS:
+        raise ValueError(
+            f"log level {level!r} is not valid; use one of {', '.join(sorted(LOG_LEVELS))}"
+        )
+    return logging.getLevelNamesMapping()[name.upper()]
+
+
+# The whole second most consecutive lines share, formatted once; a tuple so that a reader on
+# another thread never sees a second paired with another second's text.
+_last_second: tuple[int, str] = (-1, "")
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    """Format the record's creation time as RFC 3339 UTC with milliseconds and a `Z`."""
+    global _last_second
+    created = record.created
+    seconds = int(created)
+    cached_seconds, text = _last_second
+    if cached_seconds != seconds:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _last_second = (seconds, text)
+    return f"{text}.{int((created - seconds) * 1000):03d}Z"
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    """Return the `extra={"fields": {...}}` of a record, or an empty dict."""
+    fields = getattr(record, "fields", None)
+    return fields if isinstance(fields, dict) else {}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, so log shippers need no parsing rules."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render the record and its fields as a single JSON line."""
+        line: dict[str, Any] = {
+            "ts": _timestamp(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in _fields(record).items():
+            if key not in _BASE_KEYS:
+                line[str(key)] = value
+        exc = _exception_text(self, record)
+        if exc:
+            line["exc"] = exc
+        return _JSON_ENCODE(line)
+
+
+class TextFormatter(logging.Formatter):
+    """`<ts> LEVEL logger: msg key=value ...`, for people reading a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render the record on one line (plus a traceback, if any, on the following lines)."""
+        # Newlines in a message would let a client-supplied string forge a log line.
+        msg = record.getMessage().replace("\r", "\\r").replace("\n", "\\n")
+        parts = [_timestamp(record), record.levelname, f"{record.name}: {msg}"]
+        for key, value in _fields(record).items():
+            parts.append(f"{key}={_text_value(value)}")
+        text = " ".join(parts)
+        exc = _exception_text(self, record)
+        return f"{text}\n{exc}" if exc else text
+
+
+def _text_value(value: Any) -> str:
+    """Render a field value so that `key=value` pairs stay unambiguous."""
+    if isinstance(value, str):
+        return json.dumps(value) if not value or _NEEDS_QUOTES_RE.search(value) else value
+    if value is None or isinstance(value, (bool, int, float)):
+        return json.dumps(value)
+    return _COMPACT_ENCODE(value)
+
+
+def _exception_text(formatter: logging.Formatter, record: logging.LogRecord) -> str:
+    """Return the traceback (and stack) text of a record, or an empty string."""
+    text = record.exc_text or ""
+    if not text and record.exc_info:
+        text = formatter.formatException(record.exc_info)
+    if record.stack_info:
+        text = f"{text}\n{record.stack_info}" if text else record.stack_info
+    return text
+
+
+class _QueueHandler(logging.handlers.QueueHandler):
+    """Hands records to the listener thread with as little work as possible on the caller."""
+
+    queue: SimpleQueue[logging.LogRecord | None]
+
+    def __init__(self, records: SimpleQueue[logging.LogRecord | None]) -> None:
+        super().__init__(records)
+        self.dropped = 0
+        self._exc_formatter = logging.Formatter()
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """Filter and queue the record; SimpleQueue is thread-safe, so the handler lock is skipped."""
+        passed = self.filter(record)
+        if isinstance(passed, logging.LogRecord):  # Python 3.12+: a filter may swap the record
+            record = passed
+        if passed:
+            self.emit(record)
+        return bool(passed)
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        """Freeze the message text; the full line is formatted on the listener thread."""
+        # Merging args here means a mutable argument changed later cannot alter the line.
+        if record.args:
+            record.msg = record.getMessage()
+            record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._exc_formatter.formatException(record.exc_info)
+        return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        """Queue the record, or count it as dropped when the sink has fallen too far behind."""
+        if self.queue.qsize() >= QUEUE_MAX_RECORDS:
+            self.dropped += 1
+            return
+        self.queue.put_nowait(record)
+
+
+class _QueueListener(logging.handlers.QueueListener):
+    """Writes queued records and reports records dropped while the sink was stalled."""
+
+    def __init__(self, source: _QueueHandler, sink: logging.Handler) -> None:
+        super().__init__(source.queue, sink, respect_handler_level=True)
+        self._source = source
+        self._reported = 0
+
+    def handle(self, record: logging.LogRecord) -> None:
+        """Write the record, preceded by a warning if records were dropped since the last one."""
+        dropped = self._source.dropped
+        if dropped != self._reported:
+            lost = dropped - self._reported
+            self._reported = dropped
+            warning = logging.makeLogRecord({
+                "name": __name__,
+                "levelno": logging.WARNING,
+                "levelname": "WARNING",
+                "msg": f"dropped {lost} log records: the log sink is too slow",
+                "fields": {"dropped": lost},
+            })
+            super().handle(warning)
+        super().handle(record)
+
+
+class _StreamSink(logging.StreamHandler[TextIO]):
+    """Writes lines to stderr (journald), flushing when the queue drains rather than per line."""
+
+    def __init__(self, stream: TextIO, pending: SimpleQueue[logging.LogRecord | None]) -> None:
+        super().__init__(stream)
+        self._pending = pending
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write one line; flush only once no other record is waiting."""
+        try:
+            self.stream.write(self.format(record) + "\n")
+            if self._pending.empty():
+                self.stream.flush()
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 - a failed write must never reach the caller
+            self.handleError(record)
+
+
+class _RotatingSink(logging.handlers.RotatingFileHandler):
+    """A rotating file that counts its own size instead of formatting twice and stat-ing per line."""
+
+    def __init__(self, filename: str, pending: SimpleQueue[logging.LogRecord | None]) -> None:
+        super().__init__(
+            filename, maxBytes=ROTATE_MAX_BYTES, backupCount=ROTATE_BACKUP_COUNT, encoding="utf-8"
+        )
+        self._pending = pending
+        if not os.path.isfile(self.baseFilename):
+            # A FIFO or /dev/stderr cannot be rotated (bpo-45401).
+            self.maxBytes = 0
+        self._size = os.path.getsize(self.baseFilename) if self.maxBytes else 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write one line, rotating first if it would take the file past its limit."""
+        try:
+            line = self.format(record) + "\n"
+            size = len(line) if line.isascii() else len(line.encode("utf-8"))
+            if self.maxBytes and self._size and self._size + size > self.maxBytes:
+                self.doRollover()
+                self._size = 0
+            stream = self.stream
+            if stream is None:
+                stream = self.stream = self._open()
+            stream.write(line)
+            self._size += size
+            if self._pending.empty():
+                stream.flush()
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 - a failed write must never reach the caller
+            self.handleError(record)
+
+
+class LoggingHandle:
+    """The running logging pipeline: reload its level on SIGHUP, stop it at shutdown."""
+
+    __slots__ = ("_handler", "_listener", "_lock", "_saved_flags", "_sink", "_stopped")
+
+    def __init__(
+        self,
+        handler: _QueueHandler,
+        listener: _QueueListener,
+        sink: logging.Handler,
+        saved_flags: dict[str, Any],
+    ) -> None:
+        self._handler = handler
+        self._listener = listener
+        self._sink = sink
+        self._saved_flags = saved_flags
+        self._stopped = False
+        self._lock = threading.Lock()
+
+    @property
+    def dropped(self) -> int:
+        """How many records were dropped because the sink could not keep up."""
+        return self._handler.dropped
+
+    def set_level(self, level: str) -> None:
+        """Change the root level at run time (SIGHUP); raise ValueError on an unknown name."""
+        logging.getLogger().setLevel(_level_number(level))
+
+    def stop(self) -> None:
+        """Write every queued record, detach from the root logger, close the sink; idempotent."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        logging.getLogger().removeHandler(self._handler)
+        self._listener.stop()
+        self._sink.flush()
+        self._sink.close()
+        for name, value in self._saved_flags.items():
+            setattr(logging, name, value)
+        atexit.unregister(self.stop)
+
+
+def setup_logging(level: str, fmt: str, file: str) -> LoggingHandle:
+    """Route every logger (the aiohttp access log and the audit log too) through one queue."""
+    global _current
+    level_number = _level_number(level)
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"log format {fmt!r} is not valid; use \"json\" or \"text\"")
+
+    with _setup_lock:
+        if _current is not None:
+            _current.stop()
+            _current = None
+        pending: SimpleQueue[logging.LogRecord | None] = SimpleQueue()
+        sink: logging.Handler
+        if file:
+            try:
+                sink = _RotatingSink(file, pending)
+            except OSError as err:
+                raise ValueError(
+                    f"cannot open log file {file}: {err.strerror}; "
+                    "fix [logging] file or the permissions of its directory"
+                ) from None
+        else:
+            sink = _StreamSink(sys.stderr, pending)
+        sink.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+        handler = _QueueHandler(pending)
+        listener = _QueueListener(handler, sink)
+        saved_flags = {name: getattr(logging, name) for name in _UNUSED_RECORD_ATTRIBUTES}
+        for name, value in _UNUSED_RECORD_ATTRIBUTES.items():
+            setattr(logging, name, value)
+        handle = LoggingHandle(handler, listener, sink, saved_flags)
+        root = logging.getLogger()
+        root.setLevel(level_number)
+        root.addHandler(handler)
+        for name in (ACCESS_LOGGER_NAME, AUDIT_LOGGER_NAME):
+            logger = logging.getLogger(name)
+            logger.setLevel(logging.NOTSET)
+            logger.propagate = True
+        listener.start()
+        atexit.register(handle.stop)
+        _current = handle
+    _LOGGER.debug("logging to %s as %s at level %s", file or "stderr", fmt, level)
+    return handle
+
+
+@lru_cache(maxsize=1024)
+def _is_secret_key(key: str) -> bool:
+    """Tell whether a field name looks like it holds a secret."""
+    return _SECRET_KEY_RE.search(key) is not None
+
+
+def _looks_like_jwt(value: str) -> bool:
+    """Catch a bearer token logged under an innocent field name."""
+    return value.startswith(("eyJ", "Bearer ")) and value.count(".") == 2
+
+
+_PLAIN_TYPES: Final = frozenset({int, float, bool, type(None)})
+
+
+def _redact_dict(fields: dict[Any, Any]) -> dict[Any, Any]:
+    """Redact one dict level; scalars are handled inline since audit() runs on every RPC call."""
+    clean: dict[Any, Any] = {}
+    for key, item in fields.items():
+        if _is_secret_key(key if type(key) is str else str(key)):
+            clean[key] = REDACTED
+        elif type(item) in _PLAIN_TYPES:
+            clean[key] = item
+        elif type(item) is str:
+            clean[key] = REDACTED if _looks_like_jwt(item) else item
+        else:
+            clean[key] = redact(item)
+    return clean
+
+
+def redact(value: Any) -> Any:
+    """Return a copy of `value` with every secret-looking dict key's value replaced."""
+    if isinstance(value, dict):
+        return _redact_dict(value)
+    if isinstance(value, (list, tuple)):
+        return [redact(item) for item in value]
+    if isinstance(value, str) and _looks_like_jwt(value):
+        return REDACTED
+    return value
+
+
+def audit(event: str, **fields: Any) -> None:
+    """Record a security-relevant event on the audit logger, with secrets redacted."""
+    if not _AUDIT_ENABLED_FOR(logging.INFO):
+        return
+    # Straight to handle(): Logger.info() would only add a makeRecord() pass over `extra`.
+    record = logging.getLogRecordFactory()(
+        AUDIT_LOGGER_NAME, logging.INFO, "", 0, event, None, None
+    )
+    record.fields = {"event": event, **_redact_dict(fields)}
+    _AUDIT_LOGGER.handle(record)

@@ -1,0 +1,338 @@
+"""Tests of logging: JSON and text lines, sinks, level reload, the queue, and the redacted audit log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from osnova_server import logs
+from osnova_server.logs import (
+    AUDIT_LOGGER_NAME,
+    LOG_LEVELS,
+    REDACTED,
+    LoggingHandle,
+    audit,
+    redact,
+    setup_logging,
+)
+
+TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJkZXYtMSJ9.c2lnbmF0dXJlLXNlY3JldA"
+REFRESH = "rT0k3n-very-secret-refresh-value-abcdefghijk"
+CODE = "ABCD-1234"
+SECRETS = (TOKEN, REFRESH, CODE, "hunter2", "n0nce-value")
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logger() -> Iterator[None]:
+    """Leave the root logger as the test found it, whatever setup_logging did."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    if logs._current is not None:
+        logs._current.stop()
+    root.setLevel(level)
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+
+
+def audit_everything() -> None:
+    """Log an audit event full of secrets, in every shape a caller might pass them."""
+    audit(
+        "pairing.complete",
+        device_id="dev-1",
+        access_token=TOKEN,
+        refresh_token=REFRESH,
+        pairing_code=CODE,
+        headers={"Authorization": f"Bearer {TOKEN}", "Accept": "*/*"},
+        attempts=[{"password": "hunter2"}, {"Nonce": "n0nce-value"}],
+        detail=TOKEN,
+    )
+
+
+def lines(path: Path) -> list[str]:
+    """The lines of a log file."""
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def test_json_file_sink(tmp_path: Path) -> None:
+    """JSON lines carry ts, level, logger, msg and the fields; secrets never reach the file."""
+    log_file = tmp_path / "osnova.log"
+    handle = setup_logging("info", "json", str(log_file))
+    logging.getLogger("osnova.test").info(
+        "hello %s", "world", extra={"fields": {"count": 3, "msg": "spoofed", "level": "DEBUG"}}
+    )
+    audit_everything()
+    handle.stop()
+
+    text = log_file.read_text(encoding="utf-8")
+    for secret in SECRETS:
+        assert secret not in text
+    hello, audited = (json.loads(line) for line in lines(log_file))
+    assert TIMESTAMP.match(hello["ts"])
+    assert hello == {
+        "ts": hello["ts"],
+        "level": "INFO",
+        "logger": "osnova.test",
+        "msg": "hello world",
+        "count": 3,
+    }, "fields cannot overwrite the line's own keys"
+    assert audited["logger"] == AUDIT_LOGGER_NAME
+    assert audited["msg"] == audited["event"] == "pairing.complete"
+    assert audited["device_id"] == "dev-1"
+    assert audited["access_token"] == audited["refresh_token"] == REDACTED
+    assert audited["pairing_code"] == REDACTED
+    assert audited["headers"] == {"Authorization": REDACTED, "Accept": "*/*"}
+    assert audited["attempts"] == [{"password": REDACTED}, {"Nonce": REDACTED}]
+    assert audited["detail"] == REDACTED
+
+
+def test_text_file_sink(tmp_path: Path) -> None:
+    """Text lines read `ts LEVEL logger: msg key=value`; secrets never reach the file."""
+    log_file = tmp_path / "osnova.log"
+    handle = setup_logging("info", "text", str(log_file))
+    logging.getLogger("osnova.test").warning(
+        "device %s paired", "phone", extra={"fields": {"name": "Anna's phone", "n": 2}}
+    )
+    logging.getLogger("osnova.test").info("forged\n2026-01-01T00:00:00.000Z INFO admin: x")
+    audit_everything()
+    handle.stop()
+
+    text = log_file.read_text(encoding="utf-8")
+    for secret in SECRETS:
+        assert secret not in text
+    paired, forged, audited = lines(log_file)
+    ts, rest = paired.split(" ", 1)
+    assert TIMESTAMP.match(ts)
+    assert rest == 'WARNING osnova.test: device phone paired name="Anna\'s phone" n=2'
+    assert forged.endswith("INFO osnova.test: forged\\n2026-01-01T00:00:00.000Z INFO admin: x")
+    assert f"INFO {AUDIT_LOGGER_NAME}: pairing.complete event=pairing.complete" in audited
+    assert f"access_token={REDACTED}" in audited
+    assert f"refresh_token={REDACTED}" in audited
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_stderr_sink(fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a file, lines go to stderr (journald), redacted the same way."""
+    handle = setup_logging("info", fmt, "")
+    audit_everything()
+    handle.stop()
+    err = capsys.readouterr().err
+    assert "pairing.complete" in err
+    for secret in SECRETS:
+        assert secret not in err
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_exception_traceback(fmt: str, tmp_path: Path) -> None:
+    """A logged exception carries its traceback, in `exc` for JSON."""
+    log_file = tmp_path / "osnova.log"
+    handle = setup_logging("info", fmt, str(log_file))
+    try:
+        1 / 0  # noqa: B018
+    except ZeroDivisionError:
+        logging.getLogger("osnova.test").exception("division failed")
+    handle.stop()
+    text = log_file.read_text(encoding="utf-8")
+    if fmt == "json":
+        (line,) = lines(log_file)
+        record = json.loads(line)
+        assert record["msg"] == "division failed"
+        assert "Traceback" in record["exc"]
+        assert "ZeroDivisionError" in record["exc"]
+    else:
+        assert "division failed\nTraceback" in text
+        assert "ZeroDivisionError" in text
+
+
+def test_access_log_goes_through_the_same_sink(tmp_path: Path) -> None:
+    """aiohttp's access logger writes through the same queue and format, whatever it was set to."""
+    access = logging.getLogger("aiohttp.access")
+    access.propagate = False
+    access.setLevel(logging.ERROR)
+    log_file = tmp_path / "osnova.log"
+    handle = setup_logging("info", "json", str(log_file))
+    access.info('127.0.0.1 "GET /health HTTP/1.1" 200')
+    handle.stop()
+    (line,) = lines(log_file)
+    record = json.loads(line)
+    assert record["logger"] == "aiohttp.access"
+    assert record["msg"] == '127.0.0.1 "GET /health HTTP/1.1" 200'
+
+
+def test_levels_reload(tmp_path: Path) -> None:
+    """set_level (SIGHUP) changes what is written, the audit log included."""
+    log_file = tmp_path / "osnova.log"
+    handle = setup_logging("WARNING", "json", str(log_file))
+    logger = logging.getLogger("osnova.test")
+    logger.info("hidden info")
+    audit("hidden.audit", device_id="dev-1")
+    handle.set_level("Debug")
+    logger.debug("shown debug")
+    audit("shown.audit", device_id="dev-1")
+    handle.set_level("error")
+    logger.warning("hidden warning")
+    logger.error("shown error")
+    with pytest.raises(ValueError, match="not valid"):
+        handle.set_level("verbose")
+    handle.stop()
+    assert [json.loads(line)["msg"] for line in lines(log_file)] == [
+        "shown debug",
+        "shown.audit",
+        "shown error",
+    ]
+
+
+def test_disabled_audit_does_no_work(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """When the audit logger is off, audit() returns before redacting anything."""
+    handle = setup_logging("warning", "json", str(tmp_path / "osnova.log"))
+
+    def must_not_run(value: Any) -> Any:
+        raise AssertionError("redact ran although auditing is off")
+
+    monkeypatch.setattr(logs, "_redact_dict", must_not_run)
+    audit("ignored", token=TOKEN)
+    handle.set_level("info")
+    with pytest.raises(AssertionError, match="redact ran"):
+        audit("redacted", token=TOKEN)
+    handle.stop()
+
+
+def test_setup_twice_does_not_duplicate(tmp_path: Path) -> None:
+    """A second setup replaces the first: one handler, each line written once, to the new sink."""
+    first_file, second_file = tmp_path / "first.log", tmp_path / "second.log"
+    log_threads = logging.logThreads
+    first = setup_logging("info", "json", str(first_file))
+    logging.getLogger("osnova.test").info("one")
+    second = setup_logging("info", "text", str(second_file))
+    logging.getLogger("osnova.test").info("two")
+    queue_handlers = [
+        handler for handler in logging.getLogger().handlers
+        if isinstance(handler, logging.handlers.QueueHandler)
+    ]
+    assert len(queue_handlers) == 1
+    first.stop()  # already stopped by the second setup: a no-op
+    second.stop()
+    second.stop()
+    assert logging.logThreads == log_threads, "stop() restores logging's module flags"
+    assert [json.loads(line)["msg"] for line in lines(first_file)] == ["one"]
+    (line,) = lines(second_file)
+    assert line.endswith("INFO osnova.test: two")
+
+
+def test_stop_flushes_everything(tmp_path: Path) -> None:
+    """Every record logged before stop() is in the file after it."""
+    log_file = tmp_path / "osnova.log"
+    handle = setup_logging("info", "json", str(log_file))
+    logger = logging.getLogger("osnova.test")
+    for index in range(2000):
+        logger.info("line %d", index)
+    handle.stop()
+    assert [json.loads(line)["msg"] for line in lines(log_file)] == [
+        f"line {index}" for index in range(2000)
+    ]
+    assert handle.dropped == 0
+
+
+def test_slow_sink_does_not_block_the_caller(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """While the sink is stuck, logging returns at once; the lines are written once it recovers."""
+    stuck = threading.Event()
+    release = threading.Event()
+    original_emit = logs._RotatingSink.emit
+
+    def stuck_emit(self: logs._RotatingSink, record: logging.LogRecord) -> None:
+        stuck.set()
+        assert release.wait(timeout=10)
+        original_emit(self, record)
+
+    monkeypatch.setattr(logs._RotatingSink, "emit", stuck_emit)
+    log_file = tmp_path / "osnova.log"
+    handle = setup_logging("info", "json", str(log_file))
+    logger = logging.getLogger("osnova.test")
+    logger.info("first")
+    assert stuck.wait(timeout=10)
+    for index in range(100):  # would hang here if logging waited for the disk
+        logger.info("queued %d", index)
+    release.set()
+    handle.stop()
+    assert len(lines(log_file)) == 101
+
+
+def test_full_queue_drops_and_reports(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Past the queue bound, records are dropped and counted, and the next line says so."""
+    log_file = tmp_path / "osnova.log"
+    handle = setup_logging("info", "json", str(log_file))
+    logger = logging.getLogger("osnova.test")
+    monkeypatch.setattr(logs, "QUEUE_MAX_RECORDS", 0)
+    for _ in range(7):
+        logger.info("lost")
+    monkeypatch.setattr(logs, "QUEUE_MAX_RECORDS", 10_000)
+    logger.info("kept")
+    handle.stop()
+    assert handle.dropped == 7
+    warning, kept = (json.loads(line) for line in lines(log_file))
+    assert warning["level"] == "WARNING"
+    assert warning["dropped"] == 7
+    assert kept["msg"] == "kept"
+
+
+def test_rotation(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The file rotates at its size limit and keeps a bounded number of backups."""
+    monkeypatch.setattr(logs, "ROTATE_MAX_BYTES", 2000)
+    log_file = tmp_path / "osnova.log"
+    handle = setup_logging("info", "json", str(log_file))
+    for index in range(1000):
+        logging.getLogger("osnova.test").info("line %04d", index)
+    handle.stop()
+    files = sorted(tmp_path.iterdir())
+    assert [path.name for path in files] == [
+        "osnova.log", *(f"osnova.log.{number}" for number in range(1, 6))
+    ]
+    assert all(path.stat().st_size <= 2000 for path in files)
+    assert json.loads(lines(log_file)[-1])["msg"] == "line 0999"
+
+
+def test_bad_settings_are_refused(tmp_path: Path) -> None:
+    """Unknown levels or formats and unopenable files are clear errors, not tracebacks."""
+    with pytest.raises(ValueError, match="log level 'loud' is not valid"):
+        setup_logging("loud", "json", "")
+    with pytest.raises(ValueError, match="log format 'xml' is not valid"):
+        setup_logging("info", "xml", "")
+    with pytest.raises(ValueError, match="cannot open log file"):
+        setup_logging("info", "json", str(tmp_path / "missing" / "osnova.log"))
+    assert LOG_LEVELS == {"debug", "info", "warning", "error", "critical"}
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["token", "access_token", "Refresh", "client_secret", "PASSWORD", "pairing_code", "api_key",
+     "Authorization", "nonce"],
+)
+def test_redact_secret_keys(key: str) -> None:
+    """Any key naming a secret, in any case, has its value replaced."""
+    assert redact({key: "value", "device_id": "dev-1"}) == {key: REDACTED, "device_id": "dev-1"}
+
+
+def test_redact_is_a_deep_copy() -> None:
+    """Nested dicts and lists are redacted in a copy; the caller's data is untouched."""
+    original: dict[str, Any] = {"outer": [{"token": "t", "name": "n"}, ("x", {"secret": {"a": 1}})], "n": 1}
+    redacted = redact(original)
+    assert redacted == {"outer": [{"token": REDACTED, "name": "n"}, ["x", {"secret": REDACTED}]],
+                        "n": 1}
+    assert original["outer"][0]["token"] == "t"
+    assert redacted["outer"][0] is not original["outer"][0]
+
+
+def test_logging_handle_has_slots() -> None:
+    """The handle is a small fixed object."""
+    assert "__slots__" in vars(LoggingHandle)
