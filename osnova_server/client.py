@@ -6,7 +6,7 @@ import itertools
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 
@@ -47,7 +47,7 @@ class OsnovaClient:
         self._ids = itertools.count(1)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
 
-    async def __aenter__(self) -> OsnovaClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -79,6 +79,8 @@ class OsnovaClient:
                 return codec.loads(body)
         except aiohttp.ClientConnectionError as err:
             raise TransportError(f"cannot reach {self.base_url}: {err}") from None
+        except TimeoutError:
+            raise TransportError(f"no answer from {self.base_url} in time") from None
 
     async def call(self, method: str, params: Any = None) -> Any:
         """Call one method and return its result, raising RpcCallError on an error answer."""
@@ -86,6 +88,8 @@ class OsnovaClient:
         if params is not None:
             request["params"] = params
         answer = await self.post(request)
+        if not isinstance(answer, dict):
+            raise TransportError(f"{self.base_url} did not answer with a JSON-RPC response")
         if "error" in answer:
             error = answer["error"]
             raise RpcCallError(error.get("code", 0), error.get("message", ""), error.get("data"))

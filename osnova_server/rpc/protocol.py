@@ -43,9 +43,13 @@ class Envelope:
         """What the message costs against the rate limiter: one per member."""
         return max(1, len(self.members))
 
-    def method_names(self) -> list[Any]:
-        """The `method` of every member that names one (for the public-methods check)."""
-        return [m.get("method") for m in self.members if isinstance(m, dict)]
+    def method_names(self) -> list[str]:
+        """The method each member would run (for the public-methods check).
+
+        Members that are not request objects run nothing (they are answered -32600 whoever
+        asks), so they name no method.
+        """
+        return [m["method"] for m in self.members if isinstance(m, dict) and isinstance(m.get("method"), str)]
 
 
 def decode(raw: bytes | str, max_batch: int) -> Envelope:
@@ -69,6 +73,31 @@ def decode(raw: bytes | str, max_batch: int) -> Envelope:
 def error_answer(error: RpcError, request_id: Any = None) -> dict[str, Any]:
     """A JSON-RPC error response object."""
     return {"jsonrpc": "2.0", "error": error.to_dict(), "id": request_id}
+
+
+def encode(answer: dict[str, Any] | list[dict[str, Any]]) -> bytes:
+    """Serialise what `execute` returned; the one place results become bytes.
+
+    A result that is not JSON (a method returned a datetime, say) must not cost the whole
+    answer: only that call turns into -32603, and the log says which method it was.
+    """
+    try:
+        return codec.dumps(answer)
+    except (TypeError, ValueError):
+        pass
+    if isinstance(answer, list):
+        return codec.dumps([_encodable(member) for member in answer])
+    return codec.dumps(_encodable(answer))
+
+
+def _encodable(answer: dict[str, Any]) -> dict[str, Any]:
+    """The answer itself if it serialises, else an internal error for the same id."""
+    try:
+        codec.dumps(answer)
+    except (TypeError, ValueError):
+        _LOGGER.error("result of request id %r is not JSON: %s", answer.get("id"), type(answer.get("result")).__name__)
+        return error_answer(InternalError(), answer.get("id"))
+    return answer
 
 
 def _valid_id(member: dict[str, Any]) -> Any:

@@ -9,15 +9,17 @@ binder uses: the documentation cannot drift from the code.
 from __future__ import annotations
 
 import inspect
+import json
 import types
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Union, get_args, get_origin, get_type_hints
+from typing import Any, Final, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from osnova_server.errors import Forbidden, InvalidParams
 from osnova_server.rpc.context import Context
 from osnova_server.security.tokens import Scope
 
+T = TypeVar("T")
 MethodFunc = Callable[..., Awaitable[Any]]
 Checker = Callable[[str, Any], Any]
 
@@ -83,9 +85,9 @@ class Method:
             return
         claims = ctx.claims
         if claims is None:
-            raise Forbidden(f"{self.name} needs an access token")
+            raise Forbidden(f"{self.name} needs an access token; pair a device or use `osnova-server token`")
         if self.scope is Scope.ADMIN and claims.scope is not Scope.ADMIN:
-            raise Forbidden(f"{self.name} needs an admin token")
+            raise Forbidden(f"{self.name} needs an admin token; get one with `osnova-server token`")
 
 
 def _scalar_checker(kind: type) -> Checker:
@@ -115,7 +117,18 @@ def _checker_for(annotation: Any) -> Checker:
             raise TypeError(f"unsupported union {annotation!r}")
         check_inner = _checker_for(inner[0])
         return lambda name, value: None if value is None else check_inner(name, value)
-    if origin is list:
+    if origin is Literal:
+        allowed = args
+
+        def check_literal(name: str, value: Any) -> Any:
+            # `True == 1` in Python, so compare types too: JSON's true is not 1.
+            if any(type(value) is type(choice) and value == choice for choice in allowed):
+                return value
+            choices = ", ".join(json.dumps(choice) for choice in allowed)
+            raise InvalidParams(f"Invalid params: {name!r} must be one of {choices}")
+
+        return check_literal
+    if origin is list or annotation is list:
         check_item = _checker_for(args[0]) if args else (lambda name, value: value)
 
         def check_list(name: str, value: Any) -> Any:
@@ -138,10 +151,12 @@ def _checker_for(annotation: Any) -> Checker:
 class Registry:
     """The set of RPC methods, filled by the `method` decorator."""
 
-    __slots__ = ("_methods",)
+    __slots__ = ("_methods", "_derived")
 
     def __init__(self) -> None:
         self._methods: dict[str, Method] = {}
+        # Things computed from the whole set (the OpenRPC document); dropped on every change.
+        self._derived: dict[str, Any] = {}
 
     def method(
         self,
@@ -157,6 +172,7 @@ class Registry:
             if name in self._methods:
                 raise ValueError(f"method {name} registered twice")
             self._methods[name] = _describe(name, func, scope, errors, websocket_only)
+            self._derived.clear()
             return func
 
         return register
@@ -164,6 +180,13 @@ class Registry:
     def get(self, name: str) -> Method | None:
         """The method registered under `name`, if any."""
         return self._methods.get(name)
+
+    def derived(self, key: str, build: Callable[[Registry], T]) -> T:
+        """`build(self)`, computed once until the next registration (e.g. the OpenRPC document)."""
+        if key not in self._derived:
+            self._derived[key] = build(self)
+        value: T = self._derived[key]
+        return value
 
     def is_public(self, name: Any) -> bool:
         """Whether `name` is a method anyone may call without a token."""
@@ -192,6 +215,11 @@ def _describe(
     declared = list(signature.parameters.values())
     if not declared or declared[0].name != "ctx":
         raise TypeError(f"{name}: the first parameter must be `ctx: Context`")
+    for p in declared[1:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
+            raise TypeError(f"{name}: parameter {p.name} must be an ordinary named parameter")
+        if p.name not in hints:
+            raise TypeError(f"{name}: parameter {p.name} needs a type hint")
     params = tuple(
         Param(p.name, hints[p.name], _checker_for(hints[p.name]), p.default) for p in declared[1:]
     )

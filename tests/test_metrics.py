@@ -1,0 +1,149 @@
+"""GET /metrics: the series the contract names, bounded label sets, allow_from, and promtool."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from osnova_server.rpc.protocol import UNKNOWN_METHOD
+from tests.conftest import RunningServer, make_config, running_server
+
+SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    """Prometheus text format into {(name, labels): value}."""
+    samples: Samples = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = SAMPLE.match(line)
+        assert match, f"not a sample line: {line!r}"
+        labels = frozenset(LABEL.findall(match["labels"] or ""))
+        samples[(match["name"], labels)] = float(match["value"])
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """One sample's value, 0 if the series does not exist."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def series(samples: Samples, name: str) -> list[frozenset[tuple[str, str]]]:
+    """The label sets of every series of a metric."""
+    return [labels for (sample, labels) in samples if sample == name]
+
+
+async def scrape(server: RunningServer, local_addr: str | None = None) -> tuple[int, str]:
+    """GET /metrics, optionally from a chosen loopback source address."""
+    connector = aiohttp.TCPConnector(local_addr=(local_addr, 0) if local_addr else None)
+    async with aiohttp.ClientSession(connector=connector) as session, session.get(f"{server.url}/metrics") as response:
+        return response.status, await response.text()
+
+
+async def post_rpc(server: RunningServer, body: str, token: str | None) -> int:
+    """POST a raw body to /rpc; the HTTP status."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as session, session.post(f"{server.url}/rpc", data=body, headers=headers) as answer:
+        await answer.read()
+        return answer.status
+
+
+async def test_rpc_calls_are_counted_by_method_and_outcome(osnova: RunningServer) -> None:
+    async with osnova.client(admin=True) as client:
+        for _ in range(3):
+            await client.call("status.get")
+        await client.post({"jsonrpc": "2.0", "method": "apps.uninstall", "params": [1], "id": 1})
+        await client.post({"jsonrpc": "2.0", "method": "no.such", "id": 2})
+        await client.post([{"jsonrpc": "2.0", "method": "config.getServer", "id": n} for n in range(4)])
+    status, text = await scrape(osnova)
+    assert status == 200
+    samples = parse(text)
+    assert value(samples, "rpc_requests_total", method="status.get", outcome="ok") == 3
+    assert value(samples, "rpc_requests_total", method="apps.uninstall", outcome="invalid_params") == 1
+    assert value(samples, "rpc_requests_total", method=UNKNOWN_METHOD, outcome="method_not_found") == 1
+    assert value(samples, "rpc_requests_total", method="config.getServer", outcome="ok") == 4
+    assert value(samples, "rpc_request_duration_seconds_count", method="status.get") == 3
+    assert value(samples, "rpc_request_duration_seconds_bucket", method="status.get", le="+Inf") == 3
+    assert 0 < value(samples, "rpc_request_duration_seconds_sum", method="status.get") < 3
+    buckets = [labels for labels in series(samples, "rpc_request_duration_seconds_bucket")
+               if ("method", "status.get") in labels]
+    assert len(buckets) >= 10  # a real histogram, not a summary
+    assert value(samples, "active_connections") == 0
+
+
+async def test_http_answers_are_counted_by_route_template_and_status(osnova: RunningServer) -> None:
+    async with aiohttp.ClientSession() as session:
+        for path in ("/health", "/health", "/status", "/no-such-page", f"/x/{secrets.token_hex(4)}"):
+            async with session.get(f"{osnova.url}{path}") as response:
+                await response.read()
+    assert await post_rpc(osnova, '{"jsonrpc":"2.0","method":"status.get","id":1}', None) == 401
+    assert await post_rpc(osnova, "x" * (2 * 1024 * 1024), osnova.admin_token()) == 413
+    samples = parse((await scrape(osnova))[1])
+    assert value(samples, "http_requests_total", route="/health", status="200") == 2
+    assert value(samples, "http_requests_total", route="/status", status="200") == 1
+    assert value(samples, "http_requests_total", route="(unmatched)", status="404") == 2
+    assert value(samples, "http_requests_total", route="/rpc", status="401") == 1
+    assert value(samples, "http_requests_total", route="/rpc", status="413") == 1
+
+
+async def test_random_method_names_and_paths_add_no_series(osnova: RunningServer) -> None:
+    async with osnova.client(admin=True) as client:
+        await client.post({"jsonrpc": "2.0", "method": "warm.up", "id": 0})
+        before = parse((await scrape(osnova))[1])
+        batch = [{"jsonrpc": "2.0", "method": f"m.{secrets.token_hex(8)}", "id": n} for n in range(100)]
+        for _ in range(5):
+            await client.post(batch)  # 500 distinct unknown names in all
+    async with aiohttp.ClientSession() as session:
+        for _ in range(20):
+            async with session.get(f"{osnova.url}/{secrets.token_hex(8)}") as response:
+                await response.read()
+    after = parse((await scrape(osnova))[1])
+    assert value(after, "rpc_requests_total", method=UNKNOWN_METHOD, outcome="method_not_found") == 501
+    for name in ("rpc_requests_total", "rpc_request_duration_seconds_bucket"):
+        assert len(series(after, name)) == len(series(before, name))
+    routes = {dict(labels)["route"] for labels in series(after, "http_requests_total")}
+    assert routes <= {"/rpc", "/metrics", "(unmatched)"}
+
+
+@pytest.mark.parametrize(("allow_from", "source", "expected"), [
+    (["127.0.0.1/32"], "127.0.0.2", 403),
+    (["127.0.0.1/32"], "127.0.0.1", 200),
+    (["127.0.0.0/8", "::1/128"], "127.0.0.2", 200),
+    ([], "127.0.0.1", 403),
+])
+async def test_metrics_are_served_only_to_allow_from(
+    state_dir: Path, allow_from: list[str], source: str, expected: int,
+) -> None:
+    async with running_server(make_config(state_dir, metrics={"allow_from": allow_from})) as server:
+        status, text = await scrape(server, source)
+    assert status == expected
+    if expected == 403:
+        assert "rpc_requests_total" not in text
+        assert "allow_from" in text
+    else:
+        assert "# TYPE rpc_requests_total counter" in text
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
+async def test_promtool_finds_no_problem_in_the_real_output(osnova: RunningServer) -> None:
+    async with osnova.client(admin=True) as client:
+        await client.call("status.get")
+        await client.post({"jsonrpc": "2.0", "method": "nope", "id": 1})
+        await client.post({"jsonrpc": "2.0", "method": "apps.uninstall", "id": 1})
+    _, text = await scrape(osnova)
+    checked = await asyncio.to_thread(
+        subprocess.run, ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.strip() == "" and checked.stderr.strip() == ""

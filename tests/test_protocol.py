@@ -1,0 +1,481 @@
+"""JSON-RPC 2.0 over POST /rpc, exactly as the specification's examples say, through a real server.
+
+The specification's examples use `subtract`, `sum`, `update`...; here each is mapped onto a real
+method of the server (status.get, rpc.discover, config.getServer/setServer, apps.list,
+apps.uninstall, pairing.start, devices.list, identity.status). Every bad input is checked for its
+exact answer and for leaving the server's state (advertised address, installed apps, paired
+devices) as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+
+from osnova_server.rpc import codec, protocol
+from osnova_server.web.rpc_view import COMPRESS_MIN_BYTES
+from tests.conftest import RunningServer
+
+ADDRESS = "https://home.example:8443"
+
+
+@dataclass
+class Answer:
+    """What the server sent back for one POST /rpc."""
+
+    status: int
+    headers: Any
+    raw: bytes
+
+    @property
+    def json(self) -> Any:
+        """The body as JSON."""
+        return json.loads(self.raw)
+
+
+class RpcPoster:
+    """Posts raw bodies to /rpc with an admin token (or none) and reads the whole answer."""
+
+    def __init__(self, server: RunningServer, session: aiohttp.ClientSession) -> None:
+        self.server = server
+        self.session = session
+        self.token = server.admin_token()
+
+    async def __call__(
+        self, body: bytes | str | Any, *, token: bool = True, headers: dict[str, str] | None = None,
+    ) -> Answer:
+        if not isinstance(body, (bytes, str)):
+            body = json.dumps(body)
+        sent = {"Content-Type": "application/json", **(headers or {})}
+        if token:
+            sent["Authorization"] = f"Bearer {self.token}"
+        async with self.session.post(f"{self.server.url}/rpc", data=body, headers=sent) as response:
+            return Answer(response.status, response.headers, await response.read())
+
+    async def call(self, method: str, params: Any = None) -> Any:
+        """A well-formed call that must succeed; its result."""
+        request: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": 1}
+        if params is not None:
+            request["params"] = params
+        answer = await self(request)
+        assert answer.status == 200, answer.raw
+        assert "error" not in answer.json, answer.json
+        return answer.json["result"]
+
+    async def state(self) -> tuple[Any, ...]:
+        """What bad input must never change: advertised address, installed apps, paired devices."""
+        return await self.call("config.getServer"), await self.call("apps.list"), await self.call("devices.list")
+
+
+@pytest.fixture
+async def rpc(osnova: RunningServer) -> AsyncIterator[RpcPoster]:
+    """A poster to the running server, with the advertised address set to a known value."""
+    async with aiohttp.ClientSession() as session:
+        poster = RpcPoster(osnova, session)
+        assert await poster.call("config.setServer", {"address": ADDRESS}) is True
+        yield poster
+
+
+def error(code: int, message: str, request_id: Any = None) -> dict[str, Any]:
+    """A JSON-RPC error response."""
+    return {"jsonrpc": "2.0", "error": {"code": code, "message": message}, "id": request_id}
+
+
+def result(value: Any, request_id: Any) -> dict[str, Any]:
+    """A JSON-RPC success response."""
+    return {"jsonrpc": "2.0", "result": value, "id": request_id}
+
+
+# -- the specification's examples (section 7), mapped onto real methods ----------------------
+
+
+async def test_call_with_positional_params(rpc: RpcPoster) -> None:
+    answer = await rpc({"jsonrpc": "2.0", "method": "config.setServer", "params": ["http://a.example:8080"], "id": 1})
+    assert answer.status == 200
+    assert answer.json == result(True, 1)
+    assert await rpc.call("config.getServer", []) == "http://a.example:8080"
+
+
+async def test_call_with_named_params(rpc: RpcPoster) -> None:
+    answer = await rpc({"jsonrpc": "2.0", "method": "apps.uninstall", "params": {"app_id": "org.nope"}, "id": 3})
+    assert answer.json == result(False, 3)
+    answer = await rpc({"jsonrpc": "2.0", "method": "config.setServer", "params": {"address": "http://b.example"}, "id": 4})
+    assert answer.json == result(True, 4)
+    assert await rpc.call("config.getServer") == "http://b.example"
+
+
+async def test_notification_runs_and_gets_no_body(rpc: RpcPoster) -> None:
+    answer = await rpc({"jsonrpc": "2.0", "method": "config.setServer", "params": ["http://c.example"]})
+    assert answer.status == 204
+    assert answer.raw == b""
+    assert await rpc.call("config.getServer") == "http://c.example"  # it did run
+
+
+async def test_notification_of_an_unknown_method_gets_no_body(rpc: RpcPoster) -> None:
+    answer = await rpc({"jsonrpc": "2.0", "method": "foobar"})
+    assert (answer.status, answer.raw) == (204, b"")
+
+
+async def test_non_existent_method(rpc: RpcPoster) -> None:
+    before = await rpc.state()
+    answer = await rpc({"jsonrpc": "2.0", "method": "foobar", "id": "1"})
+    assert answer.status == 200
+    assert answer.json == error(-32601, "Method not found: foobar", "1")
+    assert await rpc.state() == before
+
+
+async def test_invalid_json(rpc: RpcPoster) -> None:
+    answer = await rpc('{"jsonrpc": "2.0", "method": "foobar, "params": "bar", "baz]')
+    assert answer.status == 200
+    assert answer.json["error"]["code"] == -32700
+    assert answer.json["error"]["message"].startswith("Parse error")
+    assert answer.json["id"] is None
+
+
+async def test_invalid_request_object(rpc: RpcPoster) -> None:
+    answer = await rpc({"jsonrpc": "2.0", "method": 1, "params": "bar"})
+    assert answer.json == error(-32600, 'Invalid Request: "method" must be a string')
+
+
+async def test_batch_with_invalid_json_is_one_parse_error(rpc: RpcPoster) -> None:
+    before = await rpc.state()
+    answer = await rpc(
+        '[{"jsonrpc": "2.0", "method": "config.setServer", "params": ["http://x.example"], "id": "1"},'
+        '{"jsonrpc": "2.0", "method"]'
+    )
+    assert isinstance(answer.json, dict)
+    assert answer.json["error"]["code"] == -32700
+    assert answer.json["id"] is None
+    assert await rpc.state() == before
+
+
+async def test_empty_batch_is_one_invalid_request_object(rpc: RpcPoster) -> None:
+    answer = await rpc("[]")
+    assert answer.json == error(-32600, "Invalid Request: empty batch")
+
+
+@pytest.mark.parametrize("count", [1, 3])
+async def test_batch_of_non_requests_is_an_array_of_invalid_requests(rpc: RpcPoster, count: int) -> None:
+    answer = await rpc(json.dumps(list(range(1, count + 1))))
+    assert answer.json == [error(-32600, "Invalid Request: a request must be an object")] * count
+
+
+async def test_mixed_batch_answers_every_call_and_no_notification(rpc: RpcPoster) -> None:
+    answer = await rpc([
+        {"jsonrpc": "2.0", "method": "status.get", "id": "1"},
+        {"jsonrpc": "2.0", "method": "config.setServer", "params": ["http://hello.example"]},
+        {"jsonrpc": "2.0", "method": "apps.uninstall", "params": ["org.nope"], "id": "2"},
+        {"foo": "boo"},
+        {"jsonrpc": "2.0", "method": "foo.get", "params": {"name": "myself"}, "id": "5"},
+        {"jsonrpc": "2.0", "method": "config.getServer", "id": "9"},
+    ])
+    assert answer.status == 200
+    by_id = {item["id"]: item for item in answer.json}
+    assert len(answer.json) == 5
+    assert by_id["1"]["result"]["status"] in ("ok", "degraded", "error")
+    assert by_id["2"] == result(False, "2")
+    assert by_id[None] == error(-32600, 'Invalid Request: missing "jsonrpc": "2.0"')
+    assert by_id["5"] == error(-32601, "Method not found: foo.get", "5")
+    # Members run concurrently, so the getServer may see the address before or after the notification.
+    assert by_id["9"]["result"] in (ADDRESS, "http://hello.example")
+    assert await rpc.call("config.getServer") == "http://hello.example"
+
+
+async def test_batch_of_notifications_gets_no_body(rpc: RpcPoster) -> None:
+    answer = await rpc([
+        {"jsonrpc": "2.0", "method": "config.setServer", "params": ["http://n1.example"]},
+        {"jsonrpc": "2.0", "method": "status.get"},
+    ])
+    assert (answer.status, answer.raw) == (204, b"")
+    assert await rpc.call("config.getServer") == "http://n1.example"
+
+
+async def test_batch_answers_keep_the_members_order(rpc: RpcPoster) -> None:
+    members = [{"jsonrpc": "2.0", "method": "apps.uninstall", "params": [f"org.{n}"], "id": n} for n in range(40)]
+    answer = await rpc(members)
+    assert [item["id"] for item in answer.json] == list(range(40))
+
+
+# -- params binding over the wire -------------------------------------------------------------
+
+BAD_PARAMS = [
+    pytest.param("apps.uninstall", {"id": "x"}, "Invalid params: unexpected param 'id'", id="wrong-name"),
+    pytest.param("apps.uninstall", {"app_id": "x", "force": True}, "Invalid params: unexpected param 'force'",
+                 id="extra-named"),
+    pytest.param("apps.uninstall", {}, "Invalid params: missing required param 'app_id'", id="missing-named"),
+    pytest.param("apps.uninstall", [], "Invalid params: missing required param 'app_id'", id="too-few-positional"),
+    pytest.param("apps.uninstall", ["a", "b"], "Invalid params: apps.uninstall takes at most 1 positional params, got 2",
+                 id="too-many-positional"),
+    pytest.param("apps.list", ["x"], "Invalid params: apps.list takes at most 0 positional params, got 1",
+                 id="params-for-a-method-without"),
+    pytest.param("apps.uninstall", [1], "Invalid params: 'app_id' must be a string", id="int-for-str"),
+    pytest.param("apps.uninstall", [True], "Invalid params: 'app_id' must be a string", id="bool-for-str"),
+    pytest.param("apps.uninstall", [None], "Invalid params: 'app_id' must be a string", id="null-for-str"),
+    pytest.param("config.setServer", {"address": ["http://x"]}, "Invalid params: 'address' must be a string",
+                 id="array-for-str"),
+    pytest.param("config.setServer", {"address": {"url": "http://x"}}, "Invalid params: 'address' must be a string",
+                 id="object-for-str"),
+    pytest.param("pairing.start", {"ttl": True}, "Invalid params: 'ttl' must be an integer", id="true-for-int"),
+    pytest.param("pairing.start", {"ttl": "300"}, "Invalid params: 'ttl' must be an integer", id="string-for-int"),
+    pytest.param("pairing.start", {"ttl": 300.5}, "Invalid params: 'ttl' must be an integer", id="float-for-int"),
+    pytest.param("pairing.start", [None, 300, "x"], "Invalid params: pairing.start takes at most 2 positional params, got 3",
+                 id="too-many-optional-positional"),
+    pytest.param("devices.revoke", {"device_id": 7}, "Invalid params: 'device_id' must be a string", id="int-for-id"),
+]
+
+
+@pytest.mark.parametrize(("method", "params", "message"), BAD_PARAMS)
+async def test_bad_params_are_invalid_params_naming_the_param(
+    rpc: RpcPoster, method: str, params: Any, message: str,
+) -> None:
+    before = await rpc.state()
+    answer = await rpc({"jsonrpc": "2.0", "method": method, "params": params, "id": 7})
+    assert answer.status == 200
+    assert answer.json == error(-32602, message, 7)
+    assert await rpc.state() == before
+
+
+async def test_a_param_out_of_its_range_is_invalid_params_naming_it(rpc: RpcPoster) -> None:
+    before = await rpc.state()
+    answer = await rpc({"jsonrpc": "2.0", "method": "pairing.start", "params": {"ttl": 5}, "id": 1})
+    assert answer.json["error"]["code"] == -32602
+    assert "ttl" in answer.json["error"]["message"]
+    assert await rpc.state() == before
+
+
+async def test_websocket_only_methods_are_not_found_over_http(rpc: RpcPoster) -> None:
+    answer = await rpc({"jsonrpc": "2.0", "method": "events.subscribe", "params": [["apps.installed"]], "id": 1})
+    assert answer.json == error(-32601, "Method not found: events.subscribe (it is served on the WebSocket /ws only)", 1)
+
+
+async def test_a_batch_over_every_kind_of_method(rpc: RpcPoster) -> None:
+    answer = await rpc([
+        {"jsonrpc": "2.0", "method": "identity.status", "id": "identity"},
+        {"jsonrpc": "2.0", "method": "devices.list", "id": "devices"},
+        {"jsonrpc": "2.0", "method": "apps.list", "id": "apps"},
+        {"jsonrpc": "2.0", "method": "rpc.discover", "id": "discover"},
+    ])
+    by_id = {item["id"]: item["result"] for item in answer.json}
+    assert by_id["identity"]["initialized"] is True
+    assert by_id["identity"]["fingerprint"].startswith("sha256:")
+    assert by_id["devices"] == [] and by_id["apps"] == []
+    assert by_id["discover"]["openrpc"] == "1.3.2"
+
+
+# -- ids ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("request_id", ["abc", "", 0, -5, 2**53, 1.5, -0.25, 1e-3, None, "ü✓"])
+async def test_ids_come_back_unchanged(rpc: RpcPoster, request_id: Any) -> None:
+    answer = await rpc({"jsonrpc": "2.0", "method": "config.getServer", "id": request_id})
+    assert answer.json == result(ADDRESS, request_id)
+    assert type(answer.json["id"]) is type(request_id)
+
+
+async def test_a_very_large_integer_id_comes_back_unchanged(rpc: RpcPoster) -> None:
+    answer = await rpc('{"jsonrpc": "2.0", "method": "config.getServer", "id": 123456789012345678901234567890}')
+    assert answer.raw.endswith(b'"id":123456789012345678901234567890}') or answer.json["id"] == 123456789012345678901234567890
+
+
+@pytest.mark.parametrize("request_id", [{"a": 1}, [1], True, False], ids=["object", "array", "true", "false"])
+async def test_ids_that_are_not_string_number_or_null_are_invalid(rpc: RpcPoster, request_id: Any) -> None:
+    before = await rpc.state()
+    answer = await rpc({"jsonrpc": "2.0", "method": "config.setServer", "params": ["http://id.example"], "id": request_id})
+    assert answer.json == error(-32600, 'Invalid Request: "id" must be a string, a number or null')
+    assert await rpc.state() == before
+
+
+# -- malformed requests -----------------------------------------------------------------------
+
+MALFORMED = [
+    pytest.param({"method": "config.setServer", "params": ["http://m.example"], "id": 1},
+                 'Invalid Request: missing "jsonrpc": "2.0"', 1, id="missing-jsonrpc"),
+    pytest.param({"jsonrpc": "1.0", "method": "config.setServer", "params": ["http://m.example"], "id": 1},
+                 'Invalid Request: missing "jsonrpc": "2.0"', 1, id="jsonrpc-1.0"),
+    pytest.param({"jsonrpc": 2.0, "method": "config.setServer", "params": ["http://m.example"], "id": 1},
+                 'Invalid Request: missing "jsonrpc": "2.0"', 1, id="jsonrpc-number"),
+    pytest.param({"jsonrpc": "2.0", "method": "config.setServer", "params": "http://m.example", "id": 1},
+                 'Invalid Request: "params" must be an array or an object', 1, id="params-string"),
+    pytest.param({"jsonrpc": "2.0", "method": "config.setServer", "params": 5, "id": 1},
+                 'Invalid Request: "params" must be an array or an object', 1, id="params-number"),
+    pytest.param({"jsonrpc": "2.0", "method": "config.setServer", "params": None, "id": 1},
+                 'Invalid Request: "params" must be an array or an object', 1, id="params-null"),
+    pytest.param({"jsonrpc": "2.0", "params": ["http://m.example"], "id": 1},
+                 'Invalid Request: "method" must be a string', 1, id="missing-method"),
+    pytest.param("a string", "Invalid Request: a request must be an object", None, id="string"),
+    pytest.param(None, "Invalid Request: a request must be an object", None, id="null"),
+    pytest.param(42, "Invalid Request: a request must be an object", None, id="number"),
+]
+
+
+@pytest.mark.parametrize(("body", "message", "request_id"), MALFORMED)
+async def test_malformed_requests_are_invalid_requests(rpc: RpcPoster, body: Any, message: str, request_id: Any) -> None:
+    before = await rpc.state()
+    answer = await rpc(json.dumps(body))
+    assert answer.status == 200
+    assert answer.json == error(-32600, message, request_id)
+    assert await rpc.state() == before
+
+
+async def test_batch_over_the_limit_is_one_invalid_request_and_nothing_runs(rpc: RpcPoster) -> None:
+    before = await rpc.state()
+    members = [{"jsonrpc": "2.0", "method": "config.setServer", "params": [f"http://b{n}.example"]} for n in range(101)]
+    answer = await rpc(members)
+    assert answer.status == 200
+    assert answer.json == error(-32600, "Invalid Request: batch of 101 exceeds the limit of 100")
+    assert await rpc.state() == before
+
+
+async def test_batch_at_the_limit_runs(rpc: RpcPoster) -> None:
+    members = [{"jsonrpc": "2.0", "method": "config.getServer", "id": n} for n in range(100)]
+    answer = await rpc(members)
+    assert len(answer.json) == 100
+
+
+# -- transport-level bad input ----------------------------------------------------------------
+
+
+async def test_body_over_the_limit_is_413_and_nothing_runs(rpc: RpcPoster) -> None:
+    before = await rpc.state()
+    padding = "x" * (2 * 1024 * 1024)
+    body = json.dumps({"jsonrpc": "2.0", "method": "config.setServer", "params": ["http://big.example"], "id": 1,
+                       "pad": padding})
+    answer = await rpc(body)
+    assert answer.status == 413
+    assert answer.headers["Content-Type"].startswith("application/json")
+    assert await rpc.state() == before
+
+
+@pytest.mark.parametrize("body", [
+    pytest.param("[" * 100_000 + "]" * 100_000, id="deep-array"),
+    pytest.param('{"a":' * 100_000 + "1" + "}" * 100_000, id="deep-object"),
+    pytest.param('{"jsonrpc":"2.0","method":"config.setServer","id":1,"params":['
+                 + "[" * 100_000 + "]" * 100_000 + "]}", id="deep-params"),
+])
+async def test_deep_nesting_is_a_parse_error_and_the_server_lives(rpc: RpcPoster, body: str) -> None:
+    before = await rpc.state()
+    answer = await rpc(body)
+    assert answer.status == 200
+    assert answer.json["error"]["code"] == -32700
+    assert answer.json["id"] is None
+    assert await rpc.state() == before  # and it still answers
+
+
+@pytest.mark.parametrize("body", [
+    pytest.param(b"", id="empty"),
+    pytest.param(b"   \n", id="blank"),
+    pytest.param(b'{"jsonrpc": "2.0", "method": "config.getServer", "id": "\xff\xfe"}', id="not-utf-8"),
+    pytest.param(b'\xc3\x28', id="bad-utf-8-sequence"),
+    pytest.param(b'{"jsonrpc": "2.0", "method": "config.getServer", "id": NaN}', id="nan"),
+    pytest.param(b'{"jsonrpc": "2.0", "method": "config.getServer", "id": 1} trailing', id="trailing-garbage"),
+])
+async def test_bodies_that_are_not_json_are_parse_errors(rpc: RpcPoster, body: bytes) -> None:
+    before = await rpc.state()
+    answer = await rpc(body)
+    assert answer.status == 200
+    assert answer.json["error"]["code"] == -32700
+    assert answer.json["error"]["message"].startswith("Parse error")
+    assert answer.json["id"] is None
+    assert await rpc.state() == before
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "application/octet-stream"])
+async def test_body_is_json_whatever_the_content_type(rpc: RpcPoster, content_type: str) -> None:
+    answer = await rpc('{"jsonrpc": "2.0", "method": "config.getServer", "id": 1}', headers={"Content-Type": content_type})
+    assert answer.json == result(ADDRESS, 1)
+
+
+# -- answers ----------------------------------------------------------------------------------
+
+
+async def test_answers_are_json_with_a_json_content_type(rpc: RpcPoster) -> None:
+    answer = await rpc({"jsonrpc": "2.0", "method": "config.getServer", "id": 1})
+    assert answer.headers["Content-Type"].startswith("application/json")
+    assert "Content-Encoding" not in answer.headers  # small answers are never compressed
+
+
+@pytest.mark.parametrize(("accept", "allowed"), [
+    ("gzip", {"gzip"}),
+    ("deflate", {"deflate"}),
+    ("gzip, deflate", {"gzip", "deflate"}),
+    ("identity", {None}),
+    ("", {None}),
+])
+async def test_large_answers_are_compressed_when_the_client_accepts_it(
+    osnova: RunningServer, accept: str, allowed: set[str | None],
+) -> None:
+    request = codec.dumps({"jsonrpc": "2.0", "method": "rpc.discover", "id": 1})
+    headers = {"Accept-Encoding": accept}
+    async with (
+        aiohttp.ClientSession(auto_decompress=False) as session,
+        session.post(f"{osnova.url}/rpc", data=request, headers=headers) as response,
+    ):
+        raw = await response.read()
+        assert response.status == 200
+        encoding = response.headers.get("Content-Encoding")
+    assert encoding in allowed
+    if encoding is None:
+        document = json.loads(raw)
+    else:
+        wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+        document = json.loads(zlib.decompress(raw, wbits))
+        assert len(raw) < len(codec.dumps(document)) / 2
+    assert len(codec.dumps(document)) > COMPRESS_MIN_BYTES
+    assert document["result"]["openrpc"] == "1.3.2"
+
+
+# -- anonymous callers --------------------------------------------------------------------------
+
+
+async def test_anonymous_public_method_runs(rpc: RpcPoster) -> None:
+    answer = await rpc({"jsonrpc": "2.0", "method": "rpc.discover", "id": 1}, token=False)
+    assert answer.json["result"]["info"]["title"] == "osnova-server"
+
+
+@pytest.mark.parametrize("body", [
+    {"jsonrpc": "2.0", "method": "config.setServer", "params": ["http://anon.example"], "id": 1},
+    [{"jsonrpc": "2.0", "method": "rpc.discover", "id": 1},
+     {"jsonrpc": "2.0", "method": "config.setServer", "params": ["http://anon.example"]}],
+    {"jsonrpc": "2.0", "method": "no.such.method", "id": 1},
+], ids=["private", "batch-with-one-private", "unknown"])
+async def test_anonymous_non_public_call_is_401_and_nothing_runs(rpc: RpcPoster, body: Any) -> None:
+    before = await rpc.state()
+    answer = await rpc(body, token=False)
+    assert answer.status == 401
+    assert answer.headers["WWW-Authenticate"] == "Bearer"
+    assert await rpc.state() == before
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ("[1]", [error(-32600, "Invalid Request: a request must be an object")]),
+    ("{", None),
+])
+async def test_anonymous_malformed_input_gets_the_protocol_error(rpc: RpcPoster, body: str, expected: Any) -> None:
+    answer = await rpc(body, token=False)
+    assert answer.status == 200
+    if expected is None:
+        assert answer.json["error"]["code"] == -32700
+    else:
+        assert answer.json == expected
+
+
+# -- the engine without HTTP ---------------------------------------------------------------------
+
+
+def test_envelope_names_only_methods_that_would_run() -> None:
+    envelope = protocol.decode(b'[{"jsonrpc":"2.0","method":"a"},{"method":1},2,{"jsonrpc":"2.0","method":"b","id":1}]', 100)
+    assert envelope.method_names() == ["a", "b"]
+    assert envelope.cost == 4
+    assert protocol.decode(b"[]", 100).cost == 1
+
+
+def test_encode_turns_only_the_unserialisable_result_into_an_internal_error() -> None:
+    answers = [result(object(), 1), result("fine", 2)]
+    assert json.loads(protocol.encode(answers)) == [error(-32603, "Internal error", 1), result("fine", 2)]
+    assert json.loads(protocol.encode(result({1, 2}, "x"))) == error(-32603, "Internal error", "x")
