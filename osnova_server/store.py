@@ -10,6 +10,7 @@ memory, refreshed from the rows each change commits.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -276,12 +277,14 @@ class Store:
     async def put_app(self, app: AppRecord) -> None:
         """Install or replace an app (same id means upgrade)."""
         await self._write([(
-            "INSERT INTO apps (id, name, version, description, icon_uri, manifest_uri, manifest, installed_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT(id) DO UPDATE SET name=excluded.name, version=excluded.version,"
-            " description=excluded.description, icon_uri=excluded.icon_uri,"
-            " manifest_uri=excluded.manifest_uri, manifest=excluded.manifest,"
-            " installed_at=excluded.installed_at",
+            (
+                "INSERT INTO apps (id, name, version, description, icon_uri, manifest_uri, manifest, installed_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(id) DO UPDATE SET name=excluded.name, version=excluded.version,"
+                " description=excluded.description, icon_uri=excluded.icon_uri,"
+                " manifest_uri=excluded.manifest_uri, manifest=excluded.manifest,"
+                " installed_at=excluded.installed_at"
+            ),
             (app.id, app.name, app.version, app.description, app.icon_uri, app.manifest_uri,
              json.dumps(app.manifest), app.installed_at),
         )])
@@ -400,8 +403,10 @@ class Store:
     async def put_ban(self, ban: BanRecord) -> None:
         """Store or extend a ban."""
         await self._write([(
-            "INSERT INTO bans (address, banned_until, reason, created_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT(address) DO UPDATE SET banned_until = excluded.banned_until, reason = excluded.reason",
+            (
+                "INSERT INTO bans (address, banned_until, reason, created_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(address) DO UPDATE SET banned_until = excluded.banned_until, reason = excluded.reason"
+            ),
             (ban.address, ban.banned_until, ban.reason, ban.created_at),
         )])
 
@@ -426,13 +431,4 @@ def _device(row: Any) -> DeviceRecord:
 
 def _replace_device(device: DeviceRecord, **changes: Any) -> DeviceRecord:
     """A copy of a device record with some fields changed."""
-    values = {
-        "device_id": device.device_id,
-        "name": device.name,
-        "paired_at": device.paired_at,
-        "last_seen": device.last_seen,
-        "revoked": device.revoked,
-        "revoked_at": device.revoked_at,
-    }
-    values.update(changes)
-    return DeviceRecord(**values)
+    return dataclasses.replace(device, **changes)
