@@ -1,0 +1,190 @@
+"""Paired devices: pairing them, rotating their refresh tokens, revoking them, noting when seen.
+
+A device holds a short-lived access token (a JWT) and one live refresh token. Refresh tokens are
+rotated on every use: the old one is marked rotated in the same transaction that stores the new
+one, so exactly one of two racing refreshes wins. Presenting a rotated token again means two
+parties hold the device's secrets, one of them a thief; the device is revoked at once (OAuth 2.0
+Security BCP, refresh token rotation with reuse detection) and must pair again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from osnova_server.errors import NotFound, Unauthorized
+from osnova_server.events import DEVICES_REVOKED, EventBus
+from osnova_server.logs import audit
+from osnova_server.security.credentials import (
+    hash_lookup_key,
+    hash_secret,
+    new_refresh_token,
+    verify_secret,
+)
+from osnova_server.security.tokens import Scope, TokenAuthority
+from osnova_server.services.pairing import CodeRefused, PairingCodes, check_name
+from osnova_server.store import DeviceRecord, RefreshRecord, Store
+from osnova_server.timestamps import from_epoch
+
+_LOGGER = logging.getLogger(__name__)
+
+TOKEN_TYPE: Final = "Bearer"
+LAST_SEEN_FLUSH_INTERVAL: Final = 30.0
+# Issued refresh tokens are 43 characters; anything much longer is refused without hashing it.
+MAX_REFRESH_TOKEN_CHARS: Final = 256
+REFRESH_REFUSED: Final = (
+    "the refresh token is not valid: it may be mistyped, already used, or its device revoked; "
+    "pair the device again with `osnova-server pair`"
+)
+
+
+class RefreshRefused(Unauthorized):
+    """A refused refresh token; `reason` goes to the audit log only, the message never varies."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(REFRESH_REFUSED)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """The tokens handed to a device by `pairing.complete` and `auth.refresh`."""
+
+    device_id: str
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The CONTRACT 4 result shape."""
+        return {
+            "device_id": self.device_id,
+            "access_token": self.access_token,
+            "refresh_token": self.refresh_token,
+            "token_type": TOKEN_TYPE,
+            "expires_in": self.expires_in,
+        }
+
+
+class DeviceRegistry:
+    """Every paired device: registration, refresh, revocation and last-seen bookkeeping."""
+
+    __slots__ = ("_codes", "_events", "_flushed", "_last_seen", "_store", "_tokens", "clock")
+
+    def __init__(
+        self,
+        store: Store,
+        tokens: TokenAuthority,
+        events: EventBus,
+        codes: PairingCodes,
+        last_seen: dict[str, float],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._tokens = tokens
+        self._events = events
+        self._codes = codes
+        # Shared with the runtime, which writes to it on every authenticated request.
+        self._last_seen = last_seen
+        self._flushed: dict[str, float] = {}
+        self.clock = clock
+
+    async def pair(self, code: str, device_name: str | None, remote: str) -> Grant:
+        """Redeem a pairing code and register a new device with its first tokens."""
+        # Checked before the code is spent, so a bad name changes nothing.
+        device_name = check_name(device_name, "device_name")
+        try:
+            record = self._codes.redeem(code)
+        except CodeRefused as err:
+            audit("pairing.complete", outcome="refused", reason=err.reason, remote=remote)
+            raise
+        device_id = str(uuid.uuid4())
+        refresh = new_refresh_token()
+        now = from_epoch(self.clock())
+        device = DeviceRecord(device_id, record.name or device_name or f"device {device_id[:8]}", now, now, False)
+        stored = RefreshRecord(hash_lookup_key(refresh), device_id, await hash_secret(refresh), False)
+        await self._store.add_device(device, stored, now)
+        access, lifetime = self._tokens.issue(Scope.DEVICE, device_id)
+        audit("pairing.complete", outcome="ok", device_id=device_id, name=device.name, remote=remote)
+        return Grant(device_id, access, refresh, lifetime)
+
+    async def refresh(self, refresh_token: str, remote: str) -> Grant:
+        """Trade a refresh token for new tokens; a rotated one presented again revokes its device."""
+        try:
+            return await self._refresh(refresh_token, remote)
+        except RefreshRefused as err:
+            audit("auth.refresh", outcome="refused", reason=err.reason, remote=remote)
+            raise
+
+    async def _refresh(self, refresh_token: str, remote: str) -> Grant:
+        """The body of `refresh`; every refusal is a RefreshRefused saying why, for the audit log."""
+        if len(refresh_token) > MAX_REFRESH_TOKEN_CHARS:
+            raise RefreshRefused("malformed")
+        lookup = hash_lookup_key(refresh_token)
+        stored = await self._store.refresh_token(lookup)
+        if stored is None:
+            raise RefreshRefused("unknown")
+        if not await verify_secret(stored.hash, refresh_token):
+            raise RefreshRefused("hash mismatch")
+        device = self._store.device(stored.device_id)
+        if device is None or device.revoked:
+            raise RefreshRefused("device revoked")
+        if stored.rotated:
+            await self._revoke_for_reuse(device.device_id, remote)
+            raise RefreshRefused("reused")
+        fresh = new_refresh_token()
+        new = RefreshRecord(hash_lookup_key(fresh), device.device_id, await hash_secret(fresh), False)
+        if not await self._store.rotate_refresh_token(lookup, new, from_epoch(self.clock())):
+            # A concurrent refresh with the same token won the race: the token was used twice.
+            await self._revoke_for_reuse(device.device_id, remote)
+            raise RefreshRefused("reused")
+        access, lifetime = self._tokens.issue(Scope.DEVICE, device.device_id)
+        audit("auth.refresh", outcome="ok", device_id=device.device_id, remote=remote)
+        return Grant(device.device_id, access, fresh, lifetime)
+
+    async def _revoke_for_reuse(self, device_id: str, remote: str) -> None:
+        """Revoke a device whose rotated refresh token came back: someone copied it."""
+        _LOGGER.warning("a rotated refresh token of device %s was presented again; revoking the device", device_id)
+        await self.revoke(device_id, by="refresh token reuse", remote=remote)
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every device ever paired, revoked ones included, in the `devices.list` shape."""
+        return [device.to_json() for device in self._store.devices()]
+
+    async def revoke(self, device_id: str, by: str, remote: str) -> None:
+        """Refuse the device's tokens from now on and tell its open sockets to close."""
+        if self._store.device(device_id) is None:
+            raise NotFound(f"no paired device has the id {device_id!r}; see `osnova-server devices list`")
+        # Memory first: from this line on no request of the device is served, even while the
+        # store commits (if the commit fails, the device stays refused until a restart).
+        self._tokens.revoke_device(device_id)
+        await self._store.revoke_device(device_id, from_epoch(self.clock()))
+        self._events.publish(DEVICES_REVOKED, {"device_id": device_id})
+        audit("devices.revoke", outcome="ok", device_id=device_id, by=by, remote=remote)
+
+    async def flush_last_seen(self) -> None:
+        """Write the last-seen times that changed since the previous flush."""
+        changed = {
+            device_id: seen for device_id, seen in list(self._last_seen.items())
+            if self._flushed.get(device_id) != seen
+        }
+        if not changed:
+            return
+        try:
+            await self._store.touch_devices({device_id: from_epoch(seen) for device_id, seen in changed.items()})
+        except sqlite3.Error as err:
+            _LOGGER.warning("could not record when devices were last seen (will retry): %s", err)
+            return
+        self._flushed.update(changed)
+
+    async def run_last_seen_flusher(self, interval: float = LAST_SEEN_FLUSH_INTERVAL) -> None:
+        """Background job: flush last-seen times every `interval` seconds."""
+        while True:
+            await asyncio.sleep(interval)
+            await self.flush_last_seen()

@@ -1,0 +1,66 @@
+"""Refuse banned addresses with 403 on every route, /health and /metrics included.
+
+The check is one dict lookup, so a banned flood is cheap to turn away. One exception keeps the
+owner in control: a banned loopback address may still present a valid admin token, so that
+`osnova-server bans lift` works from the server's own machine even when a misbehaving local
+script got loopback banned. LAN addresses never reach the (costlier) token check.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from typing import TYPE_CHECKING, Final
+
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
+
+from osnova_server.security.tokens import Scope, TokenInvalid
+from osnova_server.timestamps import from_epoch
+from osnova_server.web.errors import json_error
+from osnova_server.web.keys import REMOTE_KEY, STATE_KEY
+
+if TYPE_CHECKING:
+    from osnova_server.runtime import Runtime
+
+BEARER_PREFIX: Final = "bearer "
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether `address` is this machine's own."""
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def _holds_admin_token(request: web.Request, runtime: Runtime) -> bool:
+    """Whether the request carries a valid admin bearer token."""
+    header = request.headers.get(hdrs.AUTHORIZATION, "")
+    if header[: len(BEARER_PREFIX)].lower() != BEARER_PREFIX:
+        return False
+    try:
+        return runtime.tokens.verify(header[len(BEARER_PREFIX):].strip()).scope is Scope.ADMIN
+    except TokenInvalid:
+        return False
+
+
+def setup_ban(app: web.Application) -> None:
+    """Install the middleware that turns banned addresses away before anything else runs."""
+
+    @web.middleware
+    async def ban_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        runtime = request.app[STATE_KEY].runtime
+        remote = request[REMOTE_KEY]
+        ban = runtime.bans.banned(remote)
+        if ban is None or (_is_loopback(remote) and _holds_admin_token(request, runtime)):
+            return await handler(request)
+        wait = max(1, math.ceil(ban.banned_until - runtime.bans.clock()))
+        return json_error(
+            403,
+            f"{remote} is banned until {from_epoch(ban.banned_until)} after too many failed "
+            f"authentications; the server's administrator can lift it with `osnova-server bans lift {remote}`",
+            {"Retry-After": str(wait)},
+        )
+
+    app.middlewares.append(ban_middleware)
