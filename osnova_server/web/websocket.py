@@ -1,0 +1,366 @@
+"""GET /ws: JSON-RPC 2.0 both ways over one WebSocket, served by the same registry as /rpc.
+
+The order of checks is CONTRACT 5's. Before the upgrade: a bad header token was refused with 401
+by the auth middleware; the upgrade is charged to the rate limiter (429); a full pool, or too
+many sockets still authenticating, is refused with 503 and Retry-After. After the upgrade, a
+socket without a header token must send an `auth` request within `[server] ws_auth_timeout`
+seconds or be closed with 4401, and it takes a slot only once authenticated (1013 if the pool
+filled meanwhile).
+
+Each text frame is decoded, charged to the limiter (one token per batch member) and run as its
+own task, so a slow call does not hold up the next; at most MAX_IN_FLIGHT run at once per
+socket, and past that the socket is not read until one finishes, which lets TCP push back on
+the client. Answers and events leave through the connection's bounded queue (web/pool.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Final
+
+import aiojobs
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from osnova_server.errors import RateLimited
+from osnova_server.events import DEVICES_REVOKED, Event, Listener
+from osnova_server.logs import audit
+from osnova_server.rpc import codec, protocol
+from osnova_server.rpc.context import Context
+from osnova_server.rpc.protocol import Dispatcher, Envelope, error_answer
+from osnova_server.runtime import Runtime
+from osnova_server.security.ratelimit import retry_after_header
+from osnova_server.security.tokens import Claims, TokenInvalid
+from osnova_server.timestamps import rfc3339
+from osnova_server.web.errors import json_error
+from osnova_server.web.keys import CLAIMS_KEY, REMOTE_KEY, STATE_KEY, ServerState
+from osnova_server.web.pool import CLOSE_TIMEOUT, WS_IDLE, WS_UNAUTHORIZED, ClientConnection, ConnectionPool
+from osnova_server.web.ratelimit import bucket_key, charge
+
+_LOGGER = logging.getLogger(__name__)
+
+POOL_KEY: Final = web.AppKey("ws_pool", ConnectionPool)
+
+# Calls of one socket running at once; past this the socket is not read until one finishes.
+MAX_IN_FLIGHT: Final = 32
+# The reaper looks every idle_timeout / 4 seconds, but at least this often.
+REAP_INTERVAL_MAX: Final = 5.0
+# A revoked device's calls in flight may answer for this long before its sockets close.
+REVOKE_GRACE: Final = 0.5
+# What a refused upgrade is told to wait, in seconds.
+RETRY_AFTER_BUSY: Final = 5
+
+AUTH_EXAMPLE: Final = '{"jsonrpc": "2.0", "method": "auth", "params": {"token": "..."}, "id": 1}'
+_IN: Final = {"direction": "in"}
+
+
+def setup_websocket(app: web.Application) -> None:
+    """Add GET /ws, its connection pool, the event fan-out, the idle reaper and the shutdown close."""
+    state = app[STATE_KEY]
+    pool = ConnectionPool(max_clients=1, metrics=state.metrics)  # sized from the config at startup
+    app[POOL_KEY] = pool
+    app.router.add_get("/ws", websocket_view)
+    # What start() opened, for stop() to close: the event-bus listener and the reaper job.
+    listening: list[Callable[[], None]] = []
+    reaping: list[aiojobs.Job[None]] = []
+
+    async def start(app: web.Application) -> None:
+        runtime = state.runtime
+        pool.max_clients = runtime.config.server.max_clients
+        pool.accepting = True
+        runtime.connection_count = pool.__len__
+        listening.append(runtime.events.listen(_event_listener(pool)))
+        reaping.append(await runtime.scheduler.spawn(_reap(pool, runtime)))
+
+    async def stop(app: web.Application) -> None:
+        pool.accepting = False
+        while listening:
+            listening.pop()()
+        while reaping:
+            await reaping.pop().close()
+        await _close_all(pool, float(state.runtime.config.server.shutdown_timeout))
+
+    app.on_startup.append(start)
+    app.on_shutdown.append(stop)
+
+
+def _busy(message: str) -> web.Response:
+    """The 503 answer to an upgrade the server has no room for."""
+    return json_error(503, message, {"Retry-After": str(RETRY_AFTER_BUSY)}, retry_after=RETRY_AFTER_BUSY)
+
+
+async def websocket_view(request: web.Request) -> web.StreamResponse:
+    """Upgrade to a WebSocket and serve JSON-RPC on it until either side closes."""
+    state = request.app[STATE_KEY]
+    pool = request.app[POOL_KEY]
+    config = state.runtime.config
+    socket = web.WebSocketResponse(
+        heartbeat=float(config.server.ws_heartbeat),
+        # aiohttp refuses a frame of exactly max_msg_size bytes; the limit is "at most N bytes".
+        max_msg_size=config.limits.max_ws_message_bytes + 1,
+        # Off: JSON-RPC messages are small, and a deflate context costs ~100 KiB per socket.
+        compress=False,
+        # Pings are answered here, so that a client's own pings count as activity for the reaper.
+        autoping=False,
+        timeout=CLOSE_TIMEOUT,
+    )
+    if not socket.can_prepare(request):
+        return json_error(400, "GET /ws is a WebSocket endpoint; connect with a WebSocket client")
+    refusal = charge(request, 1)
+    if refusal is not None:
+        return refusal
+    if not pool.accepting:
+        return _busy("the server is shutting down; reconnect in a few seconds")
+    if pool.full:
+        return _busy(
+            f"the server already holds its [server] max_clients = {pool.max_clients} WebSocket "
+            "connections; try again later or close another client"
+        )
+    claims = request[CLAIMS_KEY]
+    connection = ClientConnection(pool, socket, request[REMOTE_KEY], request.transport)
+    if claims is None:
+        if not pool.wait_for_auth(connection):
+            return _busy("too many WebSockets are authenticating at once; try again in a few seconds")
+    else:
+        connection.authenticate(claims)
+        pool.admit(connection)
+    try:
+        await socket.prepare(request)
+        connection.start()
+        await _serve_connection(connection, state, claims)
+    finally:
+        connection.close(socket.close_code or WSCloseCode.OK, "")
+        await connection.wait_closed()
+        audit(
+            "ws", outcome="closed", connection=connection.id, principal=_principal(connection.claims),
+            remote=connection.address, status=connection.close_code,
+        )
+    return socket
+
+
+async def _serve_connection(connection: ClientConnection, state: ServerState, claims: Claims | None) -> None:
+    """Authenticate if needed, say `connected`, then serve messages until the socket closes."""
+    runtime = state.runtime
+    pool = connection.pool
+    if claims is None:
+        authenticated = await _authenticate(connection, runtime)
+        if authenticated is None:
+            return
+        claims, request_id = authenticated
+        if not pool.admit(connection):
+            connection.close(
+                WSCloseCode.TRY_AGAIN_LATER,
+                "the server reached [server] max_clients while you authenticated; try again later",
+            )
+            return
+        connection.authenticate(claims)
+        if request_id is not _NOTIFICATION:
+            connection.send(codec.dumps({"jsonrpc": "2.0", "result": True, "id": request_id}))
+    if connection.closing:
+        return
+    runtime.record_seen(claims)
+    connection.send(codec.dumps({"type": "connected", "connection_id": connection.id, "timestamp": rfc3339()}))
+    audit(
+        "ws", outcome="connected", connection=connection.id, principal=_principal(claims),
+        remote=connection.address,
+    )
+    await _read(connection, state, claims)
+
+
+_NOTIFICATION: Final = object()
+
+
+def _principal(claims: Claims | None) -> str:
+    """Who a connection belongs to, for audit lines."""
+    if claims is None:
+        return "anonymous"
+    return claims.device_id or "admin"
+
+
+async def _authenticate(connection: ClientConnection, runtime: Runtime) -> tuple[Claims, Any] | None:
+    """Wait for the `auth` request; its claims and id, or None once the socket is being closed."""
+    socket = connection.socket
+    timeout = runtime.config.server.ws_auth_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await socket.receive()
+                if message.type is WSMsgType.PING:
+                    await socket.pong(message.data)
+                    continue
+                if message.type is not WSMsgType.PONG:
+                    break
+    except TimeoutError:
+        connection.close(WS_UNAUTHORIZED, f"no auth message within {timeout:g} s; send {AUTH_EXAMPLE} first")
+        return None
+    if message.type is WSMsgType.BINARY:
+        _count_in(connection)
+        connection.close(WSCloseCode.UNSUPPORTED_DATA, "binary frames are not accepted; send JSON-RPC as text")
+        return None
+    if message.type is not WSMsgType.TEXT:
+        return None  # the client left, or aiohttp closed the socket (e.g. 1009, message too big)
+    _count_in(connection)
+    token, request_id = _auth_request(message.data)
+    if token is None:
+        connection.close(WS_UNAUTHORIZED, f"the first message must be {AUTH_EXAMPLE}")
+        return None
+    try:
+        claims = runtime.tokens.verify(token)
+    except TokenInvalid as err:
+        audit("auth", outcome="refused", reason=err.reason, remote=connection.address, transport="ws")
+        runtime.record_auth_failure(connection.address)
+        connection.close(WS_UNAUTHORIZED, f"invalid access token: {err.reason}")
+        return None
+    return claims, request_id
+
+
+def _auth_request(raw: str) -> tuple[str | None, Any]:
+    """The token and id of an `auth` request, or (None, None) if `raw` is anything else."""
+    try:
+        message = codec.loads(raw)
+    except ValueError:
+        return None, None
+    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0" or message.get("method") != "auth":
+        return None, None
+    params = message.get("params")
+    token: Any = None
+    if isinstance(params, dict) and set(params) == {"token"}:
+        token = params["token"]
+    elif isinstance(params, list) and len(params) == 1:
+        token = params[0]
+    if not isinstance(token, str):
+        return None, None
+    return token, message.get("id", _NOTIFICATION)
+
+
+def _count_in(connection: ClientConnection) -> None:
+    """Count one message received."""
+    metrics = connection.pool.metrics
+    if metrics is not None:
+        metrics.ws_messages.inc(_IN)
+
+
+async def _read(connection: ClientConnection, state: ServerState, claims: Claims) -> None:
+    """Run every text frame as a call until the socket closes; at most MAX_IN_FLIGHT at once."""
+    runtime = state.runtime
+    dispatcher = state.dispatcher
+    socket = connection.socket
+    ctx = Context(runtime, claims, connection.address, "ws", connection)
+    bucket = bucket_key(claims, connection.address)
+    gate = asyncio.Semaphore(MAX_IN_FLIGHT)
+    loop = asyncio.get_running_loop()
+    count_in = state.metrics.ws_messages.inc
+    tasks = connection.tasks
+    while True:
+        message = await socket.receive()
+        kind = message.type
+        if kind is WSMsgType.TEXT:
+            count_in(_IN)
+            if connection.draining:
+                continue  # closing with a grace period: calls that arrive now are not run
+            connection.touch()
+            runtime.record_seen(claims)
+            await gate.acquire()
+            if connection.draining:
+                gate.release()
+                continue
+            task = loop.create_task(_serve(message.data, connection, ctx, dispatcher, runtime, bucket, gate))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        elif kind is WSMsgType.PING:
+            connection.touch()
+            await socket.pong(message.data)
+        elif kind is WSMsgType.PONG:
+            continue
+        elif kind is WSMsgType.BINARY:
+            count_in(_IN)
+            connection.close(WSCloseCode.UNSUPPORTED_DATA, "binary frames are not accepted; send JSON-RPC as text")
+            return
+        else:
+            return  # CLOSE, CLOSING, CLOSED or ERROR: the socket is done
+
+
+async def _serve(
+    raw: str,
+    connection: ClientConnection,
+    ctx: Context,
+    dispatcher: Dispatcher,
+    runtime: Runtime,
+    bucket: str,
+    gate: asyncio.Semaphore,
+) -> None:
+    """Run one message and queue its answer, if one is owed."""
+    try:
+        envelope = protocol.decode(raw, runtime.config.limits.max_batch)
+        wait = runtime.limiter.take(bucket, envelope.cost)
+        answer = _rate_limited(envelope, wait) if wait > 0 else await dispatcher.execute(envelope, ctx)
+        if answer is not None:
+            connection.send(protocol.encode(answer))
+    except Exception:
+        _LOGGER.exception("WebSocket %s: a message could not be served", connection.id)
+    finally:
+        gate.release()
+
+
+def _request_id(member: Any) -> Any:
+    """A member's id if it is a valid JSON-RPC id, else None."""
+    request_id = member.get("id") if isinstance(member, dict) else None
+    if isinstance(request_id, bool) or not isinstance(request_id, (str, int, float)):
+        return None
+    return request_id
+
+
+def _rate_limited(envelope: Envelope, wait: float) -> Any:
+    """The -32029 answer to a message over the rate limit: one error per request it holds."""
+    seconds = int(retry_after_header(wait))
+    error = RateLimited(f"rate limit exceeded; retry in {seconds} s", data={"retry_after": seconds})
+    if envelope.error is not None:
+        return error_answer(error)
+    answers = [
+        error_answer(error, _request_id(member))
+        for member in envelope.members
+        if not (isinstance(member, dict) and "id" not in member)  # notifications get no answer
+    ]
+    if envelope.is_batch:
+        return answers or None
+    return answers[0] if answers else None
+
+
+def _event_listener(pool: ConnectionPool) -> Listener:
+    """The event-bus listener: fan events out to subscribers; close a revoked device's sockets."""
+
+    def listener(event: Event) -> None:
+        pool.deliver(event)
+        if event.topic == DEVICES_REVOKED:
+            device_id = event.data.get("device_id")
+            if isinstance(device_id, str):
+                for connection in pool.of_device(device_id):
+                    connection.close(WS_UNAUTHORIZED, "this device was revoked; pair it again", REVOKE_GRACE)
+
+    return listener
+
+
+async def _reap(pool: ConnectionPool, runtime: Runtime) -> None:
+    """Close connections silent for longer than [server] idle_timeout with 4408 (an aiojobs job)."""
+    while True:
+        timeout = runtime.config.server.idle_timeout
+        await asyncio.sleep(min(timeout / 4, REAP_INTERVAL_MAX))
+        for connection in pool.idle(timeout):
+            _LOGGER.info(
+                "closing WebSocket %s from %s: idle for more than %d s", connection.id, connection.address, timeout,
+            )
+            connection.close(WS_IDLE, f"idle for more than {timeout} s; send a message at least that often")
+
+
+async def _close_all(pool: ConnectionPool, timeout: float) -> None:
+    """At shutdown: let each socket's calls answer, then close it with 1001."""
+    connections = pool.everyone()
+    if not connections:
+        return
+    calls = sum(len(connection.tasks) for connection in connections)
+    _LOGGER.info("closing %d WebSockets; waiting for %d calls in flight", len(connections), calls)
+
+    for connection in connections:
+        connection.close(WSCloseCode.GOING_AWAY, "server shutting down; reconnect in a few seconds", timeout)
+    await asyncio.gather(*(connection.wait_closed() for connection in connections))

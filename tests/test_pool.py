@@ -1,0 +1,197 @@
+"""ConnectionPool and ClientConnection: slots, the authenticating limit, fan-out and backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+
+import pytest
+from aiohttp import web
+
+from osnova_server.events import Event
+from osnova_server.metrics import Metrics
+from osnova_server.security.tokens import Claims, Scope
+from osnova_server.web.pool import CLIENT_NOT_READING, MAX_AUTHENTICATING, ClientConnection, ConnectionPool
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def claims_of(device_id: str | None, expires_in: float = 3600.0) -> Claims:
+    """Claims as the token authority would verify them."""
+    scope = Scope.ADMIN if device_id is None else Scope.DEVICE
+    now = time.time()
+    return Claims(device_id or "admin", device_id, scope, "jti", now, now + expires_in)
+
+
+def connection_in(pool: ConnectionPool, queue_size: int = 1024) -> ClientConnection:
+    """A connection over a WebSocket that was never upgraded (nothing goes on a wire)."""
+    return ClientConnection(pool, web.WebSocketResponse(), "192.0.2.1", queue_size=queue_size)
+
+
+def gauge(metrics: Metrics) -> float:
+    """The active_connections value."""
+    value = metrics.active_connections.get({})
+    assert isinstance(value, (int, float))
+    return float(value)
+
+
+async def test_slots_are_bounded_by_max_clients_and_freed_by_release() -> None:
+    metrics = Metrics()
+    pool = ConnectionPool(max_clients=2, metrics=metrics)
+    first, second, third = (connection_in(pool) for _ in range(3))
+    assert pool.admit(first) and pool.admit(second)
+    assert pool.full and len(pool) == 2 and gauge(metrics) == 2
+    assert not pool.admit(third)
+    assert len(pool) == 2
+    pool.release(first)
+    pool.release(first)  # idempotent
+    assert len(pool) == 1 and gauge(metrics) == 1
+    assert pool.admit(third)
+    assert {c.id for c in pool} == {second.id, third.id}
+
+
+async def test_authenticating_sockets_hold_no_slot_and_are_bounded() -> None:
+    pool = ConnectionPool(max_clients=1)
+    waiting = [connection_in(pool) for _ in range(MAX_AUTHENTICATING)]
+    assert all(pool.wait_for_auth(c) for c in waiting)
+    assert not pool.wait_for_auth(connection_in(pool))
+    assert pool.authenticating == MAX_AUTHENTICATING and len(pool) == 0 and not pool.full
+    assert pool.admit(waiting[0])  # moves from waiting to a slot
+    assert pool.authenticating == MAX_AUTHENTICATING - 1 and len(pool) == 1
+    assert not pool.admit(waiting[1])  # no slot left: it is no longer waiting either
+    assert pool.authenticating == MAX_AUTHENTICATING - 2
+    assert len(pool.everyone()) == 1 + MAX_AUTHENTICATING - 2
+
+
+async def test_of_device_finds_only_that_devices_connections() -> None:
+    pool = ConnectionPool(max_clients=5)
+    owners = ["phone", "phone", "tablet", None]
+    connections = [connection_in(pool) for _ in owners]
+    for connection, owner in zip(connections, owners, strict=True):
+        connection.authenticate(claims_of(owner))
+        pool.admit(connection)
+    assert pool.of_device("phone") == connections[:2]
+    assert pool.of_device("laptop") == []
+    for connection in connections:
+        connection.close(1000, "")
+
+
+async def test_idle_uses_the_injected_clock_and_spares_connections_with_calls_running() -> None:
+    clock = Clock()
+    pool = ConnectionPool(max_clients=5, clock=clock)
+    quiet, chatty, working = (connection_in(pool) for _ in range(3))
+    for connection in (quiet, chatty, working):
+        pool.admit(connection)
+    clock.now += 10
+    chatty.touch()
+    working.tasks.add(asyncio.get_running_loop().create_task(asyncio.sleep(0)))
+    clock.now += 5
+    assert pool.idle(15) == [quiet]
+    assert pool.idle(16) == []
+    assert set(pool.idle(5)) == {quiet, chatty}
+    await asyncio.gather(*working.tasks)
+
+
+async def test_deliver_encodes_once_and_reaches_only_subscribers() -> None:
+    pool = ConnectionPool(max_clients=5)
+    subscribed, other, not_subscribed = (connection_in(pool) for _ in range(3))
+    for connection in (subscribed, other, not_subscribed):
+        pool.admit(connection)
+    subscribed.subscribe(["apps.installed", "config.changed"])
+    other.subscribe(["apps.installed"])
+    not_subscribed.subscribe(["apps.uninstalled"])
+    other.unsubscribe(["apps.installed"])
+    subscribed.subscribe(["apps.installed"])  # twice is once
+    pool.deliver(Event("apps.installed", {"id": "ant://a", "name": "A", "version": "1"}))
+    assert subscribed.outgoing.qsize() == 1
+    assert other.outgoing.empty() and not_subscribed.outgoing.empty()
+    assert json.loads(subscribed.outgoing.get_nowait()) == {
+        "jsonrpc": "2.0", "method": "event",
+        "params": {"topic": "apps.installed", "data": {"id": "ant://a", "name": "A", "version": "1"}},
+    }
+
+
+async def test_encoded_once_for_every_subscriber() -> None:
+    pool = ConnectionPool(max_clients=5)
+    first, second = connection_in(pool), connection_in(pool)
+    for connection in (first, second):
+        pool.admit(connection)
+        connection.subscribe(["devices.revoked"])
+    pool.deliver(Event("devices.revoked", {"device_id": "d"}))
+    assert first.outgoing.get_nowait() is second.outgoing.get_nowait()
+
+
+async def test_a_full_queue_closes_with_1008_frees_the_slot_and_stops_deliveries(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pool = ConnectionPool(max_clients=1)
+    connection = connection_in(pool, queue_size=2)
+    pool.admit(connection)
+    connection.subscribe(["config.changed"])
+    assert connection.send(b"1") and connection.send(b"2")
+    assert not connection.send(b"3")
+    assert connection.close_code == 1008
+    assert len(pool) == 0
+    assert "stopped reading, 2 messages pending" in caplog.text
+    assert connection.subscriptions == set()
+    assert not connection.send(b"4")
+    assert connection.outgoing.qsize() == 2  # nothing more was queued
+    assert CLIENT_NOT_READING.startswith("client is not reading")
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [((4401, "revoked"), (4408, "idle")), ((1001, "shutting down"), (1008, "slow"))],
+)
+async def test_the_first_close_wins_and_frees_the_slot_at_once(
+    first: tuple[int, str], second: tuple[int, str],
+) -> None:
+    pool = ConnectionPool(max_clients=1)
+    connection = connection_in(pool)
+    pool.admit(connection)
+    connection.close(*first)
+    assert len(pool) == 0 and not pool.full
+    connection.close(*second)
+    assert connection.close_code == first[0]
+    await connection.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("device_id", "expected"),
+    [("phone", "phone"), (None, None)],
+)
+async def test_authenticate_records_the_device(device_id: str | None, expected: str | None) -> None:
+    pool = ConnectionPool(max_clients=1)
+    connection = connection_in(pool)
+    claims = claims_of(device_id)
+    connection.authenticate(claims)
+    assert connection.claims is claims and connection.device_id == expected
+    connection.close(1000, "")
+
+
+async def test_an_expired_token_closes_the_connection_4401() -> None:
+    pool = ConnectionPool(max_clients=1)
+    connection = connection_in(pool)
+    pool.admit(connection)
+    connection.authenticate(claims_of("phone", expires_in=0.05))
+    await _eventually(lambda: connection.close_code is not None)
+    assert connection.close_code == 4401 and len(pool) == 0
+
+
+async def _eventually(check: Callable[[], bool], timeout: float = 2.0) -> None:
+    """Poll `check` every 10 ms until it holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
