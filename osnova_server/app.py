@@ -12,12 +12,15 @@ from osnova_server.rpc.methods import load_registry
 from osnova_server.rpc.protocol import Dispatcher
 from osnova_server.runtime import Runtime, open_runtime
 from osnova_server.web.auth import setup_auth
+from osnova_server.web.ban import setup_ban
+from osnova_server.web.cors import setup_cors
 from osnova_server.web.errors import setup_errors
 from osnova_server.web.forwarded import setup_forwarded
 from osnova_server.web.headers import setup_headers
 from osnova_server.web.keys import STATE_KEY, ServerState
 from osnova_server.web.routes import setup_routes
 from osnova_server.web.rpc_view import rpc_view
+from osnova_server.web.websocket import setup_websocket
 
 
 def create_app(config: Config, runtime: Runtime | None = None) -> web.Application:
@@ -30,17 +33,22 @@ def create_app(config: Config, runtime: Runtime | None = None) -> web.Applicatio
     # Middleware order, outermost first, and why:
     # errors    - shapes every refusal below it (and any bug) into a JSON answer;
     # forwarded - decides the client address that the ban list, limiter and audit log key on;
+    # ban       - turns banned addresses away with one dict lookup, before any other work;
     # auth      - verifies a bearer token before the body is read, so a bad token costs nothing.
-    # The ban list and CORS come from their own setup functions; rate limiting is charged in
-    # the /rpc and /ws handlers because a batch costs one token per member.
+    # CORS (aiohttp-cors) is a response hook plus OPTIONS routes, not a middleware, so it is set
+    # up after every route exists; rate limiting is charged in the /rpc and /ws handlers because
+    # a batch costs one token per member.
     setup_errors(app)
     setup_forwarded(app, config.server.trusted_proxies)
+    setup_ban(app)
     setup_auth(app)
     setup_headers(app)
 
     setup_routes(app)
     app.router.add_post("/rpc", rpc_view)
+    setup_websocket(app)
     app.router.add_get("/metrics", metrics_view_for(metrics, config.metrics.allow_from))
+    setup_cors(app)  # last: it enables CORS on the routes that exist when it runs
 
     async def count_http(request: web.Request, response: web.StreamResponse) -> None:
         metrics.observe_http(route_label(request), response.status)

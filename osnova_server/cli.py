@@ -14,7 +14,7 @@ import ssl
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from osnova_server import __version__
 
@@ -39,7 +39,8 @@ class CommandError(Exception):
 class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors are one line and exit 2 like every other bad input."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
+        """Print one line naming the problem, exit 2."""
         self.exit(EXIT_USAGE, f"{PROG}: {message} (see `{PROG} --help`)\n")
 
 
@@ -133,9 +134,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the server in the foreground until SIGTERM or SIGINT."""
+    config = _load_config(args)  # before importing aiohttp: a config mistake is reported at once
     from osnova_server.server import StartupError, run
 
-    config = _load_config(args)
     try:
         return run(config)
     except StartupError as err:
@@ -148,14 +149,48 @@ def cmd_token(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_rpc(args: argparse.Namespace) -> int:
+    """Call one RPC method as admin on the running server and print its result as JSON."""
+    import asyncio
+
+    from osnova_server.client import RpcCallError, TransportError
+
+    params: Any = None
+    if args.params is not None:
+        try:
+            params = json.loads(args.params)
+        except ValueError as err:
+            raise CommandError(f"PARAMS_JSON is not valid JSON ({err})", EXIT_USAGE) from None
+        if not isinstance(params, (list, dict)):
+            raise CommandError("PARAMS_JSON must be a JSON array or object, e.g. '{\"app_id\": \"x\"}'", EXIT_USAGE)
+    config = _load_config(args)
+
+    async def call() -> Any:
+        async with local_client(config) as client:
+            return await client.call(args.method, params)
+
+    try:
+        result = asyncio.run(call())
+    except RpcCallError as err:
+        raise CommandError(f"error {err.code}: {err.message}") from None
+    except TransportError as err:
+        if err.status is None:
+            raise CommandError(f"cannot reach {local_url(config)}; is `{PROG} serve` running?") from None
+        raise CommandError(str(err)) from None
+    print_json(result)
+    return EXIT_OK
+
+
 def admin_token(config: Config, ttl: int) -> str:
     """An admin token for `config`'s server; needs read access to its secret."""
     from osnova_server.config import ConfigError
-    from osnova_server.security.secret import configured_secret
+    from osnova_server.security.secret import SecretUnreadable, configured_secret
     from osnova_server.security.tokens import Scope, TokenAuthority
 
     try:
         secret = configured_secret(config)
+    except SecretUnreadable as err:
+        raise CommandError("\n".join(err.problems)) from None
     except ConfigError as err:
         raise CommandError("\n".join(err.problems), EXIT_USAGE) from None
     if secret is None:
@@ -211,6 +246,145 @@ def _positive(text: str) -> int:
     return value
 
 
+# -- paired devices and bans (they talk to the running server as admin) ---------------------
+
+
+def call_server(config: Config, method: str, params: Any = None) -> Any:
+    """Call one method as admin on the running server; any failure becomes a one-line CommandError."""
+    import asyncio
+
+    from osnova_server.client import RpcCallError, TransportError
+
+    async def call() -> Any:
+        async with local_client(config) as client:
+            return await client.call(method, params)
+
+    try:
+        return asyncio.run(call())
+    except RpcCallError as err:
+        raise CommandError(err.message) from None
+    except TransportError as err:
+        if err.status is None:
+            raise CommandError(f"cannot reach {local_url(config)}; is `{PROG} serve` running?") from None
+        raise CommandError(str(err)) from None
+
+
+def _pairing_ttl(text: str) -> int:
+    """argparse type: a pairing code lifetime within the server's bounds."""
+    from osnova_server.services.pairing import MAX_TTL, MIN_TTL
+
+    value = _positive(text)
+    if not MIN_TTL <= value <= MAX_TTL:
+        raise argparse.ArgumentTypeError(f"must be from {MIN_TTL} to {MAX_TTL} seconds")
+    return value
+
+
+def cmd_pair(args: argparse.Namespace) -> int:
+    """Ask the running server for a pairing code; print it, its expiry and a QR code of the payload."""
+    params: dict[str, Any] = {"ttl": args.ttl}
+    if args.name is not None:
+        params["name"] = args.name
+    payload = call_server(_load_config(args), "pairing.start", params)
+    if args.json:
+        print_json(payload)
+        return EXIT_OK
+    import qrcode  # type: ignore[import-untyped]  # no stubs published
+
+    qr = qrcode.QRCode(border=2)
+    qr.add_data(json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
+    qr.print_ascii(out=sys.stdout, tty=False)
+    print(f"pairing code  {payload['pairing']['code']}")
+    print(f"expires at    {payload['pairing']['expiresAt']} (in {args.ttl} s)")
+    print(f"server        {payload['server']['address']}")
+    print(f"fingerprint   {payload['server']['fingerprint']}")
+    print("Scan the QR code with the Osnova app on the new device, or type the code there; it works once.")
+    return EXIT_OK
+
+
+def _table(rows: list[list[str]]) -> None:
+    """Print rows as left-aligned columns, the first row being the header."""
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def cmd_devices_list(args: argparse.Namespace) -> int:
+    """List the paired devices."""
+    devices = call_server(_load_config(args), "devices.list")
+    if args.json:
+        print_json(devices)
+        return EXIT_OK
+    if not devices:
+        print(f"no paired devices; pair one with `{PROG} pair`")
+        return EXIT_OK
+    rows = [["DEVICE ID", "NAME", "PAIRED", "LAST SEEN", "STATUS"]]
+    for device in devices:
+        rows.append([
+            device["device_id"], device["name"], device["paired_at"], device["last_seen"] or "-",
+            "revoked" if device["revoked"] else "active",
+        ])
+    _table(rows)
+    return EXIT_OK
+
+
+def cmd_devices_revoke(args: argparse.Namespace) -> int:
+    """Revoke one paired device: its tokens stop working and its sockets close."""
+    call_server(_load_config(args), "devices.revoke", {"device_id": args.device_id})
+    print(f"revoked device {args.device_id}")
+    return EXIT_OK
+
+
+def cmd_bans_list(args: argparse.Namespace) -> int:
+    """List the banned addresses."""
+    bans = call_server(_load_config(args), "bans.list")
+    if args.json:
+        print_json(bans)
+        return EXIT_OK
+    if not bans:
+        print("no addresses are banned")
+        return EXIT_OK
+    _table([["ADDRESS", "BANNED UNTIL", "REASON"]] + [[b["address"], b["banned_until"], b["reason"]] for b in bans])
+    return EXIT_OK
+
+
+def cmd_bans_lift(args: argparse.Namespace) -> int:
+    """Lift the ban on one address."""
+    call_server(_load_config(args), "bans.lift", {"address": args.address})
+    print(f"lifted the ban on {args.address}")
+    return EXIT_OK
+
+
+def _add_device_commands(commands: Any) -> None:
+    """Add `pair`, `devices list|revoke` and `bans list|lift` to the subcommands."""
+    pair = commands.add_parser("pair", help="print a pairing code and its QR code for a new device",
+                               description="Ask the running server for a pairing code for a new device.")
+    pair.set_defaults(func=cmd_pair)
+    pair.add_argument("--name", metavar="NAME", help="name of the device to pair (shown in `devices list`)")
+    pair.add_argument("--ttl", type=_pairing_ttl, default=300, metavar="SECONDS",
+                      help="how long the code works, 30 to 3600 (default 300)")
+    pair.add_argument("--json", action="store_true", help="print only the pairing payload as JSON")
+
+    devices = commands.add_parser("devices", help="list or revoke paired devices", description="Paired devices.")
+    actions = devices.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    actions.required = True
+    listing = actions.add_parser("list", help="list paired devices", description="List paired devices.")
+    listing.set_defaults(func=cmd_devices_list)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    revoke = actions.add_parser("revoke", help="revoke a device", description="Revoke a paired device.")
+    revoke.set_defaults(func=cmd_devices_revoke)
+    revoke.add_argument("device_id", metavar="DEVICE_ID", help="as shown by `devices list`")
+
+    bans = commands.add_parser("bans", help="list or lift IP bans", description="Addresses banned after failed logins.")
+    actions = bans.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    actions.required = True
+    listing = actions.add_parser("list", help="list banned addresses", description="List banned addresses.")
+    listing.set_defaults(func=cmd_bans_list)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    lift = actions.add_parser("lift", help="lift the ban on an address", description="Lift the ban on an address.")
+    lift.set_defaults(func=cmd_bans_lift)
+    lift.add_argument("address", metavar="ADDRESS", help="IP address, as shown by `bans list`")
+
+
 # -- parser --------------------------------------------------------------------------------
 
 
@@ -236,6 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("check-config", cmd_check_config, "validate the config and exit")
     token = add("token", cmd_token, "print a short-lived admin access token")
     token.add_argument("--ttl", type=_positive, default=600, metavar="SECONDS", help="lifetime (default 600)")
+    rpc = add("rpc", cmd_rpc, "call an RPC method as admin and print the JSON result")
+    rpc.add_argument("method", metavar="METHOD", help="method name, e.g. status.get")
+    rpc.add_argument("params", metavar="PARAMS_JSON", nargs="?", help="params as a JSON array or object")
+    _add_device_commands(commands)
     add("version", cmd_version, "print the version")
     return parser
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +24,8 @@ SAMPLE_SECRET: Final = "your-secret-key-here"
 MIN_SECRET_BYTES: Final = 32
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS: Final = ("json", "text")
+# One DNS label of a host name (RFC 1123); the last label of a name may not be all digits.
+_HOST_LABEL: Final = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)", re.IGNORECASE)
 
 
 class ConfigError(Exception):
@@ -50,6 +54,8 @@ class ServerSection:
     ws_heartbeat: int = 30
     trusted_proxies: list[str] = field(default_factory=list)
     shutdown_timeout: int = 10
+    # Seconds a WebSocket without an Authorization header has to send its `auth` message.
+    ws_auth_timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +98,8 @@ class LoggingSection:
     level: str = "info"
     format: str = "json"
     file: str = ""
+    # aiohttp's line per HTTP request; every RPC call has its own audit line either way.
+    access_log: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,46 +190,99 @@ def parse_bind_address(value: str) -> tuple[str, int]:
         host, sep, port_text = value[1:].partition("]:")
         if not sep:
             raise ValueError("IPv6 addresses are written [addr]:port")
-        ipaddress.IPv6Address(host)
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
     else:
         host, sep, port_text = value.rpartition(":")
         if not sep or not host:
             raise ValueError("expected HOST:PORT")
         if ":" in host:
             raise ValueError("IPv6 addresses are written [addr]:port")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        if not _is_host(host):
+            raise ValueError(f"{host!r} is neither an IP address nor a host name")
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"port {port_text!r} is not a number from 0 to 65535")
     return host, int(port_text)
 
 
+def _is_host(host: str) -> bool:
+    """Whether `host` is an IPv4 address or a well-formed DNS host name."""
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        labels = host.removesuffix(".").split(".")
+        return (
+            len(host) <= 253
+            and all(_HOST_LABEL.fullmatch(label) for label in labels)
+            and not labels[-1].isdigit()
+        )
+    return True
+
+
+_TYPE_NAMES: Final[dict[Any, str]] = {
+    bool: "true or false",
+    int: "a whole number",
+    float: "a number",
+    str: "a quoted string",
+}
+
+
 def _check_type(where: str, value: Any, expected: Any, problems: list[str]) -> Any:
     """Return `value` if it has the TOML type the field expects, else record why not."""
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if expected in names:
+    if expected in _TYPE_NAMES:
         if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+            if isinstance(value, float) and not math.isfinite(value):
+                problems.append(f"{where} must be a finite number, not {value!r}")
+                return None
             return value
-        problems.append(f"{where} must be {names[expected]}, not {value!r}")
+        hint = _type_hint(value, expected)
+        problems.append(f"{where} must be {_TYPE_NAMES[expected]}, not {_toml_repr(value)}{hint}")
         return None
     # list[str]
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return list(value)
-    problems.append(f"{where} must be a list of strings, not {value!r}")
+    problems.append(f'{where} must be a list of quoted strings such as ["a", "b"], not {_toml_repr(value)}')
     return None
+
+
+def _toml_repr(value: Any) -> str:
+    """Show a value on one line the way TOML writes it (true, "5", [1]), not as Python would."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_repr(item) for item in value) + "]"
+    if isinstance(value, Mapping):
+        return "a table"
+    try:
+        return tomli_w.dumps({"v": value})[4:].strip()
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _type_hint(value: Any, expected: Any) -> str:
+    """A short fix for the commonest slips: a quoted number or boolean, a number for a boolean."""
+    if isinstance(value, str) and expected in (int, float):
+        return "; write the number without quotes"
+    if isinstance(value, str) and expected is bool and value.lower() in ("true", "false"):
+        return "; write true or false without quotes"
+    if expected is str and not isinstance(value, (dict, list)):
+        return "; put the value in double quotes"
+    return ""
 
 
 def _build_section(name: str, cls: Any, raw: Any, problems: list[str]) -> Any:
     """Build one section dataclass from its TOML table, recording unknown keys and bad types."""
     if not isinstance(raw, Mapping):
-        problems.append(f"[{name}] must be a table")
+        problems.append(f"{name} must be a table: write [{name}] on its own line, then its keys below it")
         return cls()
     hints = get_type_hints(cls)
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in hints:
             known = ", ".join(hints)
-            problems.append(f"unknown key [{name}] {key}; known keys are: {known}")
+            problems.append(f"unknown key [{name}] {key}; remove it or fix its spelling (known keys: {known})")
             continue
         expected = hints[key]
         checked = _check_type(f"[{name}] {key}", value, list if expected == list[str] else expected, problems)
@@ -237,7 +298,9 @@ def from_mapping(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     hints = get_type_hints(Config)
     for name, table in raw.items():
         if name not in _SECTIONS:
-            problems.append(f"unknown section [{name}]; known sections are: {', '.join(_SECTIONS)}")
+            problems.append(
+                f"unknown section [{name}]; remove it or fix its spelling (known sections: {', '.join(_SECTIONS)})"
+            )
             continue
         sections[name] = _build_section(name, hints[name], table, problems)
     if problems:
@@ -261,10 +324,15 @@ def validate(config: Config) -> list[str]:
             'use e.g. "127.0.0.1:8080" or "[::]:8080"'
         )
     if config.server.max_clients < 1:
-        problems.append(f"[server] max_clients must be at least 1, not {config.server.max_clients}")
+        clients = config.server.max_clients
+        problems.append(f"[server] max_clients must be at least 1, not {clients}; set it to 1 or more")
+    if not config.server.state_dir.strip():
+        problems.append('[server] state_dir is empty; set it to a directory such as "/var/lib/osnova"')
     for key in ("idle_timeout", "ws_heartbeat", "shutdown_timeout"):
         if getattr(config.server, key) < 1:
             problems.append(f"[server] {key} must be at least 1 second")
+    if not config.server.ws_auth_timeout > 0:
+        problems.append("[server] ws_auth_timeout must be above 0 seconds")
     for proxy in config.server.trusted_proxies:
         problems.extend(_network_problem("[server] trusted_proxies", proxy))
     for proxy in config.metrics.allow_from:
@@ -288,20 +356,23 @@ def validate(config: Config) -> list[str]:
         if origin != "*" and not origin.startswith(("http://", "https://")):
             problems.append(f"[cors] allowed_origins entry {origin!r} must be \"*\" or start with http:// or https://")
     if config.tls.enabled:
-        for key, fix in (("cert_path", "certificate"), ("key_path", "key")):
-            path = getattr(config.tls, key)
-            if not path:
-                problems.append(
-                    f"[tls] {key} is empty{where}; run `osnova-server init --self-signed` "
-                    "or set [tls] enabled = false"
-                )
-            elif not os.access(path, os.R_OK):
-                state = "not found" if not os.path.exists(path) else "not readable"
-                problems.append(
-                    f"{fix} {path} {state}; run `osnova-server init --self-signed` "
-                    "or set [tls] enabled = false"
-                )
+        for key, what in (("cert_path", "certificate"), ("key_path", "private key")):
+            problems.extend(_tls_file_problem(key, what, getattr(config.tls, key), where))
     return problems
+
+
+def _tls_file_problem(key: str, what: str, path: str, where: str) -> list[str]:
+    """Return a problem line if the [tls] file at `path` cannot be used."""
+    fix = "run `osnova-server init --self-signed` or set [tls] enabled = false"
+    if not path:
+        return [f"[tls] {key} is empty{where}; {fix}"]
+    if not os.path.exists(path):
+        return [f"{what} {path} not found; {fix}"]
+    if os.path.isdir(path):
+        return [f"{what} {path} is a directory; set [tls] {key} to the PEM file inside it, or {fix}"]
+    if not os.access(path, os.R_OK):
+        return [f"{what} {path} is not readable; make it readable by the server's user (mode 0600 for a key) or {fix}"]
+    return []
 
 
 def _network_problem(where: str, value: str) -> list[str]:
@@ -333,13 +404,19 @@ def load(path: Path | None) -> Config:
         with path.open("rb") as handle:
             raw = tomllib.load(handle)
     except FileNotFoundError:
-        raise ConfigError([f"config file {path} not found; create one with `osnova-server --config {path} init`"]) from None
+        problem = f"config file {path} not found; create one with `osnova-server --config {path} init`"
+        raise ConfigError([problem]) from None
     except PermissionError:
-        raise ConfigError([f"config file {path} is not readable by this user"]) from None
+        problem = f"config file {path} is not readable by this user; run as the server's user or fix its mode"
+        raise ConfigError([problem]) from None
     except IsADirectoryError:
-        raise ConfigError([f"config file {path} is a directory"]) from None
+        raise ConfigError([f"config file {path} is a directory; pass the path of the .toml file inside it"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"config file {path} is not UTF-8 text; save it as UTF-8"]) from None
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError([f"config file {path} is not valid TOML: {err}"]) from None
+        raise ConfigError([f"config file {path} is not valid TOML: {err}; fix that line"]) from None
+    except OSError as err:
+        raise ConfigError([f"config file {path} cannot be read: {err.strerror}"]) from None
     return from_mapping(raw, source=path)
 
 
@@ -349,15 +426,26 @@ def to_mapping(config: Config) -> dict[str, Any]:
 
 
 def write(config: Config, path: Path) -> None:
-    """Write `config` as TOML to `path` atomically, mode 0600 (it may hold a secret)."""
+    """Write `config` as TOML to `path` atomically.
+
+    The mode is 0600 when the file holds `jwt_secret` itself, else 0644: the service user
+    (systemd's DynamicUser) must read a root-owned /etc/osnova/server.toml, and without an
+    inline secret there is nothing in it to hide.
+    """
+    mode = 0o600 if config.auth.jwt_secret else 0o644
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        tomli_w.dump(to_mapping(config), handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            tomli_w.dump(to_mapping(config), handle)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
 
 
 def replace(config: Config, section: str, **changes: Any) -> Config:

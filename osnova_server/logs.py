@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from functools import lru_cache
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 from typing import Any, Final, TextIO
 
 _LOGGER = logging.getLogger(__name__)
@@ -33,6 +33,10 @@ ROTATE_MAX_BYTES: Final = 10 * 1024 * 1024
 ROTATE_BACKUP_COUNT: Final = 5
 # About 10,000 lines of ~300 bytes: a few MB at most while the sink is stalled.
 QUEUE_MAX_RECORDS: Final = 10_000
+# Once the queue is drained the writer waits this long before looking again, so under load it
+# wakes about 50 times a second and writes a batch, instead of being woken (and taking the GIL
+# from the event loop) once per record; a record logged while the writer is idle goes out at once.
+WRITER_LINGER_SECONDS: Final = 0.02
 
 _SECRET_KEY_RE: Final = re.compile(
     "token|secret|password|code|key|refresh|authorization|nonce", re.IGNORECASE
@@ -51,10 +55,30 @@ _UNUSED_RECORD_ATTRIBUTES: Final[dict[str, Any]] = {
 }
 
 # Built once: json.dumps with any option builds a new encoder on every call.
-_JSON_ENCODE: Final = json.JSONEncoder(default=str).encode
 _COMPACT_ENCODE: Final = json.JSONEncoder(default=str, separators=(",", ":")).encode
 
+
+def _stdlib_line(line: dict[str, Any]) -> str:
+    """A JSON line from the standard library: compact, non-ASCII kept as it is."""
+    return json.dumps(line, default=str, separators=(",", ":"), ensure_ascii=False)
+
+
+try:  # pragma: no cover - depends on the installed `speedups` extra
+    import orjson
+
+    def _json_line(line: dict[str, Any]) -> str:
+        """A JSON line through orjson, ~8x faster than the stdlib encoder and the same JSON."""
+        try:
+            return orjson.dumps(line, default=str).decode()
+        except TypeError:  # an integer beyond 64 bits or a lone surrogate: the stdlib copes
+            return _stdlib_line(line)
+
+except ImportError:  # pragma: no cover
+    _json_line = _stdlib_line
+
 _AUDIT_LOGGER: Final = logging.getLogger(AUDIT_LOGGER_NAME)
+# What LogRecord.relativeCreated counts from.
+_LOGGING_START: Final[float] = logging._startTime  # type: ignore[attr-defined]
 _AUDIT_ENABLED_FOR = _AUDIT_LOGGER.isEnabledFor
 
 _current: LoggingHandle | None = None
@@ -111,7 +135,7 @@ class JsonFormatter(logging.Formatter):
         exc = _exception_text(self, record)
         if exc:
             line["exc"] = exc
-        return _JSON_ENCODE(line)
+        return _json_line(line)
 
 
 class TextFormatter(logging.Formatter):
@@ -192,6 +216,16 @@ class _QueueListener(logging.handlers.QueueListener):
         super().__init__(source.queue, sink, respect_handler_level=True)
         self._source = source
         self._reported = 0
+
+    def dequeue(self, block: bool) -> logging.LogRecord | None:
+        """The next record; when there is none, linger first so the next burst is one batch."""
+        pending = self.queue
+        try:
+            return pending.get_nowait()  # type: ignore[no-any-return]
+        except Empty:
+            pass
+        time.sleep(WRITER_LINGER_SECONDS)
+        return pending.get(block)  # type: ignore[no-any-return]
 
     def handle(self, record: logging.LogRecord) -> None:
         """Write the record, preceded by a warning if records were dropped since the last one."""
@@ -399,4 +433,38 @@ def audit(event: str, **fields: Any) -> None:
         AUDIT_LOGGER_NAME, logging.INFO, "", 0, event, None, None
     )
     record.fields = {"event": event, **_redact_dict(fields)}
+    _AUDIT_LOGGER.handle(record)
+
+
+# The attributes every audit record of an RPC call shares, taken from a real LogRecord so that
+# any handler (a test's caplog included) finds what it expects.
+_CALL_RECORD_BASE: Final = {
+    **vars(logging.LogRecord(AUDIT_LOGGER_NAME, logging.INFO, "", 0, "rpc", None, None)),
+    "thread": None, "threadName": None, "processName": None, "process": None,
+}
+_new_record: Final = logging.LogRecord.__new__
+
+
+def audit_call(
+    principal: str, method: str, outcome: str, seconds: float, remote: str, transport: str,
+) -> None:
+    """The audit line of one RPC call, the same as `audit("rpc", ...)` at a third of its cost.
+
+    It runs after every call, so it skips the redaction pass: each field is made by the server
+    from a bounded set (a device id or `admin`, a registered method name or `(unknown)`, an
+    outcome label, an IP address, `http` or `ws`), never copied from what a client sent.
+    """
+    if not _AUDIT_ENABLED_FOR(logging.INFO):
+        return
+    record = _new_record(logging.LogRecord)
+    attributes = _CALL_RECORD_BASE.copy()
+    now = time.time()
+    attributes["created"] = now
+    attributes["msecs"] = int((now - int(now)) * 1000) + 0.0
+    attributes["relativeCreated"] = (now - _LOGGING_START) * 1000
+    attributes["fields"] = {
+        "event": "rpc", "principal": principal, "method": method, "outcome": outcome,
+        "duration_ms": round(seconds * 1000, 3), "remote": remote, "transport": transport,
+    }
+    record.__dict__ = attributes
     _AUDIT_LOGGER.handle(record)

@@ -6,6 +6,7 @@ runtime serves `/rpc`, `/ws` and the CLI's tests alike.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,13 +18,19 @@ import aiojobs
 
 from osnova_server.config import Config
 from osnova_server.events import EventBus
-from osnova_server.logs import AUDIT_LOGGER_NAME, audit
+from osnova_server.logs import AUDIT_LOGGER_NAME, audit_call
 from osnova_server.metrics import Metrics
 from osnova_server.rpc.context import Context
 from osnova_server.rpc.protocol import CallObserver
 from osnova_server.security.ratelimit import RateLimiter
 from osnova_server.security.secret import load_or_create_secret
 from osnova_server.security.tokens import Claims, TokenAuthority
+from osnova_server.services.apps import AppCatalog
+from osnova_server.services.bans import BanList
+from osnova_server.services.devices import DeviceRegistry
+from osnova_server.services.identity import Identity, load_or_create_identity
+from osnova_server.services.pairing import PairingCodes
+from osnova_server.services.settings import ServerSettings
 from osnova_server.store import Store
 
 _LOGGER = logging.getLogger(__name__)
@@ -42,6 +49,12 @@ class Runtime:
     tokens: TokenAuthority
     limiter: RateLimiter
     scheduler: aiojobs.Scheduler
+    identity: Identity
+    apps: AppCatalog
+    settings: ServerSettings
+    bans: BanList
+    pairing: PairingCodes
+    devices: DeviceRegistry
     started_at: float = field(default_factory=time.monotonic)
     # The web layer installs the real count of open authenticated WebSockets.
     connection_count: Callable[[], int] = lambda: 0
@@ -54,8 +67,9 @@ class Runtime:
         return time.monotonic() - self.started_at
 
     def reload(self, config: Config) -> None:
-        """Apply what a SIGHUP may change while running: rate limits (and the config itself)."""
+        """Apply what a SIGHUP may change while running: rate limits, bans (and the config itself)."""
         self.limiter.reconfigure(config.rate_limit.requests_per_second, config.rate_limit.burst_size)
+        self.bans.reconfigure(config.ban)
         self.config = config
 
     def record_seen(self, claims: Claims) -> None:
@@ -70,6 +84,7 @@ class Runtime:
 
     def record_auth_failure(self, remote: str) -> None:
         """Count a failed authentication from `remote` towards a ban."""
+        self.bans.record_failure(remote)
 
     def call_observer(self, metrics: Metrics) -> CallObserver:
         """The hook run after every RPC call: metrics, and one audit line."""
@@ -79,10 +94,7 @@ class Runtime:
         def observer(method: str, outcome: str, seconds: float, ctx: Context) -> None:
             observe(method, outcome, seconds, ctx)
             if audit_enabled(logging.INFO):
-                audit(
-                    "rpc", principal=ctx.principal, method=method, outcome=outcome,
-                    duration_ms=round(seconds * 1000, 3), remote=ctx.remote, transport=ctx.transport,
-                )
+                audit_call(ctx.principal, method, outcome, seconds, ctx.remote, ctx.transport)
 
         return observer
 
@@ -98,14 +110,36 @@ async def open_runtime(config: Config) -> AsyncIterator[Runtime]:
         stack.push_async_callback(store.close)
         scheduler = aiojobs.Scheduler(close_timeout=2.0)
         stack.push_async_callback(scheduler.close)
+        identity = await asyncio.to_thread(load_or_create_identity, state_dir)
+        events = EventBus()
+        tokens = TokenAuthority(secret, config.auth.token_expiry)
+        bans = BanList(store, config.ban)
+        await bans.load()
+        pairing = PairingCodes(secret)
+        last_seen: dict[str, float] = {}
         runtime = Runtime(
             config=config,
             secret=secret,
             store=store,
-            events=EventBus(),
-            tokens=TokenAuthority(secret, config.auth.token_expiry),
+            events=events,
+            tokens=tokens,
             limiter=RateLimiter(config.rate_limit.requests_per_second, config.rate_limit.burst_size),
             scheduler=scheduler,
+            identity=identity,
+            apps=AppCatalog(store, events, config.apps),
+            # Read at each call, so a SIGHUP-reloaded advertised_address is honoured.
+            settings=ServerSettings(store, events, lambda: runtime.config.server.advertised_address),
+            bans=bans,
+            pairing=pairing,
+            devices=DeviceRegistry(store, tokens, events, pairing, last_seen),
+            last_seen=last_seen,
         )
         runtime.tokens.load_revoked(d.device_id for d in store.devices() if d.revoked)
+        # Bans and last-seen times are written by background jobs, and once more at shutdown,
+        # before the scheduler and the store close.
+        stack.push_async_callback(bans.flush)
+        stack.push_async_callback(runtime.devices.flush_last_seen)
+        await scheduler.spawn(bans.run())
+        await scheduler.spawn(pairing.run_reaper())
+        await scheduler.spawn(runtime.devices.run_last_seen_flusher())
         yield runtime

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import os
 import logging
+import os
 import signal
 import ssl
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Final
 
 from aiohttp import web
@@ -24,6 +26,7 @@ from osnova_server import systemd
 from osnova_server.app import create_app
 from osnova_server.config import Config, ConfigError
 from osnova_server.logs import LoggingHandle, setup_logging
+from osnova_server.security.secret import configured_secret
 from osnova_server.security.tls import TlsError, create_ssl_context, reload_ssl_context
 from osnova_server.store import StoreError
 from osnova_server.web.keys import STATE_KEY
@@ -33,6 +36,26 @@ _LOGGER = logging.getLogger(__name__)
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
+# What a SIGHUP cannot change in a running server; a change to one of these needs a restart.
+RESTART_ONLY: Final = (
+    ("server", "bind_address"),
+    ("server", "state_dir"),
+    ("server", "trusted_proxies"),
+    ("server", "shutdown_timeout"),
+    ("server", "max_clients"),
+    ("tls", "enabled"),
+    ("auth", "jwt_secret"),
+    ("auth", "jwt_secret_file"),
+    ("auth", "token_expiry"),
+    ("logging", "format"),
+    ("logging", "file"),
+    ("logging", "access_log"),
+    ("limits", "max_body_bytes"),
+    ("metrics", "allow_from"),
+    ("apps", "allow_http"),
+    ("apps", "ant_gateway"),
+    ("apps", "fetch_timeout"),
+)
 
 
 class StartupError(Exception):
@@ -54,13 +77,18 @@ class Server:
         self.runner = web.AppRunner(
             self.app,
             handle_signals=False,
-            access_log=logging.getLogger("aiohttp.access"),
+            access_log=logging.getLogger("aiohttp.access") if config.logging.access_log else None,
             shutdown_timeout=float(config.server.shutdown_timeout),
         )
         self.stopping = asyncio.Event()
 
     async def start(self) -> None:
         """Open the runtime and bind the listening socket."""
+        try:
+            # Checked before anything is created, so a bad secret leaves no state behind.
+            configured_secret(self.config)
+        except ConfigError as err:
+            raise StartupError("\n".join(err.problems), EXIT_USAGE) from None
         if self.config.tls.enabled:
             try:
                 self.ssl_context = create_ssl_context(Path(self.config.tls.cert_path), Path(self.config.tls.key_path))
@@ -68,8 +96,10 @@ class Server:
                 raise StartupError(str(err), EXIT_USAGE) from None
         try:
             await self.runner.setup()
-        except (StoreError, ConfigError) as err:
-            raise StartupError(str(err), EXIT_USAGE if isinstance(err, ConfigError) else EXIT_FAILURE) from None
+        except ConfigError as err:
+            raise StartupError("\n".join(err.problems), EXIT_USAGE) from None
+        except StoreError as err:
+            raise StartupError(str(err), EXIT_FAILURE) from None
         site = web.TCPSite(
             self.runner, self.config.host, self.config.port, ssl_context=self.ssl_context, reuse_address=True,
         )
@@ -84,9 +114,8 @@ class Server:
                     f"not allowed to bind {self.config.server.bind_address}; use a port above 1023"
                 ) from None
             raise StartupError(f"cannot bind {self.config.server.bind_address}: {err.strerror}") from None
-        _LOGGER.info(
-            "osnova-server listening on %s://%s", self.config.scheme, _bound_address(site) or self.config.server.bind_address,
-        )
+        bound = _bound_address(site) or self.config.server.bind_address
+        _LOGGER.info("osnova-server listening on %s://%s", self.config.scheme, bound)
 
     @property
     def port(self) -> int:
@@ -113,8 +142,20 @@ class Server:
         if self.logging_handle is not None:
             self.logging_handle.set_level(new.logging.level)
         self.app[STATE_KEY].runtime.reload(new)
+        needs_restart = [
+            f"[{section}] {key}"
+            for section, key in RESTART_ONLY
+            if getattr(getattr(new, section), key) != getattr(getattr(self.config, section), key)
+        ]
+        if needs_restart:
+            _LOGGER.warning("changes to %s take effect only after a restart", ", ".join(needs_restart))
         self.config = new
         _LOGGER.info("configuration reloaded from %s", path or "embedded defaults")
+        _LOGGER.debug(
+            "reload applied: log level %s, rate limit %s/s (burst %s), CORS origins %s",
+            new.logging.level, new.rate_limit.requests_per_second, new.rate_limit.burst_size,
+            new.cors.allowed_origins,
+        )
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish within the grace period, close."""
@@ -136,26 +177,70 @@ def _bound_address(site: web.TCPSite) -> str | None:
     return None
 
 
+_Handler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
+
+
+class SignalRoutes:
+    """Route process signals to callbacks on the event loop; put the old handlers back after.
+
+    asyncio's `loop.add_signal_handler` learns which signal arrived only from a byte written to
+    its self-pipe; when that pipe is full (thousands of thread-pool completions queued at once)
+    the byte is lost, and with it a SIGTERM. A Python-level handler always runs, so it is used
+    instead, and hands the callback to the loop.
+    """
+
+    __slots__ = ("_loop", "_previous")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Route signals to `loop`; nothing is changed until `route`."""
+        self._loop = loop
+        self._previous: dict[signal.Signals, _Handler] = {}
+
+    def route(self, signum: signal.Signals, callback: Callable[[], object]) -> None:
+        """From now on, `signum` runs `callback` on the loop."""
+        loop = self._loop
+
+        def handler(_signum: int, _frame: FrameType | None) -> None:
+            """Runs in the main thread between two bytecodes: only hand over to the loop."""
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(callback)
+
+        self._previous.setdefault(signum, signal.getsignal(signum))
+        signal.signal(signum, handler)
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before."""
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+
 async def serve(config: Config, logging_handle: LoggingHandle | None = None) -> int:
     """Run until SIGTERM or SIGINT; return the process exit code."""
-    loop = asyncio.get_running_loop()
     server = Server(config, logging_handle)
-    await server.start()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, server.stopping.set)
-    loop.add_signal_handler(signal.SIGHUP, server.reload)
-    systemd.notify(systemd.READY)
-    watchdog = systemd.watchdog_interval()
-    if watchdog is not None:
-        await server.app[STATE_KEY].runtime.scheduler.spawn(_watchdog(watchdog))
+    signals = SignalRoutes(asyncio.get_running_loop())
     try:
-        await server.stopping.wait()
+        # A SIGTERM while starting lets the start finish, then shuts down at once.
+        signals.route(signal.SIGTERM, server.stopping.set)
+        signals.route(signal.SIGINT, server.stopping.set)
+        await server.start()
+        signals.route(signal.SIGHUP, server.reload)
+        systemd.notify(systemd.READY)
+        watchdog = systemd.watchdog_interval()
+        if watchdog is not None:
+            await server.app[STATE_KEY].runtime.scheduler.spawn(_watchdog(watchdog))
+        try:
+            await server.stopping.wait()
+        finally:
+            _LOGGER.info("shutting down; in-flight requests get %s s", server.config.server.shutdown_timeout)
+            systemd.notify(systemd.STOPPING)
+            # The grace is bounded by shutdown_timeout already; a repeated signal must not turn a
+            # clean exit 0 into death by signal (systemd escalates to SIGKILL itself if it must).
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signals.route(signum, lambda: _LOGGER.info("already shutting down"))
+            await server.stop()
     finally:
-        _LOGGER.info("shutting down")
-        systemd.notify(systemd.STOPPING)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(signum)
-        await server.stop()
+        signals.restore()
     _LOGGER.info("stopped")
     return EXIT_OK
 
@@ -170,7 +255,10 @@ async def _watchdog(interval: float) -> None:
 def run(config: Config) -> int:
     """Set up logging and run the server on a fresh event loop."""
     os.umask(0o077)  # the database, secret and keys are the household's alone
-    handle = setup_logging(config.logging.level, config.logging.format, config.logging.file)
+    try:
+        handle = setup_logging(config.logging.level, config.logging.format, config.logging.file)
+    except ValueError as err:
+        raise StartupError(str(err), EXIT_USAGE) from None
     try:
         return asyncio.run(serve(config, handle))
     finally:

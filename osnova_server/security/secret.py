@@ -16,6 +16,10 @@ _LOGGER = logging.getLogger(__name__)
 ENV_SECRET: Final = "OSNOVA_JWT_SECRET"
 
 
+class SecretUnreadable(ConfigError):
+    """The secret file exists but this process cannot read it (wrong user, a directory...)."""
+
+
 def write_secret_file(path: Path) -> None:
     """Create `path` holding 64 random hex characters (256 bits), mode 0600, never overwriting."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -30,14 +34,18 @@ def _check(secret: str, where: str) -> bytes:
     """Refuse a secret that is the sample or too short to sign tokens safely."""
     if secret == SAMPLE_SECRET:
         raise ConfigError([
-            f"the JWT secret from {where} is the sample value {SAMPLE_SECRET!r}; "
-            "remove it to use a generated one, or set a random one of at least 32 bytes"
+            (
+                f"the JWT secret from {where} is the sample value {SAMPLE_SECRET!r}; "
+                "remove it to use a generated one, or set a random one of at least 32 bytes"
+            )
         ])
     encoded = secret.encode("utf-8")
     if len(encoded) < MIN_SECRET_BYTES:
         raise ConfigError([
-            f"the JWT secret from {where} is {len(encoded)} bytes; it must be at least "
-            f"{MIN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)"
+            (
+                f"the JWT secret from {where} is {len(encoded)} bytes; it must be at least "
+                f"{MIN_SECRET_BYTES} (make one with `openssl rand -hex 32`)"
+            )
         ])
     return encoded
 
@@ -56,12 +64,20 @@ def configured_secret(config: Config, environ: Mapping[str, str] | None = None) 
         text = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
-    except (PermissionError, IsADirectoryError, UnicodeDecodeError) as err:
-        raise ConfigError([f"JWT secret file {path} cannot be read ({err.__class__.__name__}); "
-                           "check its owner and mode (0600, owned by the server's user)"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"JWT secret file {path} is not text; delete it to have a new one generated"]) from None
+    except OSError as err:
+        if isinstance(err, IsADirectoryError):
+            problem = f"JWT secret file {path} is a directory; remove it or point [auth] jwt_secret_file at a file"
+        else:
+            problem = (
+                f"JWT secret file {path} cannot be read ({err.strerror}); "
+                "run as the server's user, or fix its owner and mode (0600)"
+            )
+        raise SecretUnreadable([problem]) from None
     if not text:
         raise ConfigError([f"JWT secret file {path} is empty; delete it to have a new one generated"])
-    return _check(text, str(path))
+    return _check(text, f"the file {path}")
 
 
 def load_or_create_secret(config: Config, environ: Mapping[str, str] | None = None) -> bytes:

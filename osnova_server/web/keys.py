@@ -33,6 +33,6 @@ STATE_KEY: Final = web.AppKey("state", ServerState)
 # The client's address after trusted proxies are accounted for (web/forwarded.py).
 REMOTE_KEY: Final = web.RequestKey("remote", str)
 # The verified claims of the request's bearer token, or None without one (web/auth.py).
-CLAIMS_KEY: Final = web.RequestKey("claims", "Claims | None")
+CLAIMS_KEY: Final[web.RequestKey[Claims | None]] = web.RequestKey("claims")
 # The raw bearer token, when one was given.
-TOKEN_KEY: Final = web.RequestKey("token", "str | None")
+TOKEN_KEY: Final[web.RequestKey[str | None]] = web.RequestKey("token")

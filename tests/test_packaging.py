@@ -1,0 +1,130 @@
+"""The wheel: built from a copy of the tree once per run, then checked and run from an install.
+
+One module-scoped build (a few seconds, no network: `--no-isolation` uses the installed
+setuptools), so the rest of the suite never waits on it.
+"""
+
+from __future__ import annotations
+
+import email
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+import pytest
+
+from osnova_server import __version__
+
+REPO: Final = Path(__file__).resolve().parent.parent
+SOURCES: Final = ("osnova_server", "setup.cfg", "pyproject.toml", "README.md")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Build the wheel from a copy of the sources (the shared tree gets no build/ or egg-info)."""
+    root = tmp_path_factory.mktemp("packaging")
+    source = root / "src"
+    source.mkdir()
+    for name in SOURCES:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif (REPO / name).exists():
+            shutil.copy2(REPO / name, source / name)
+    result = subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(root / "dist"), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (built,) = (root / "dist").glob("*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path) -> Iterator[Path]:
+    """The wheel installed with `pip install --no-deps --target` (the dependencies are ours already)."""
+    target = wheel.parent.parent / "site"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    yield target
+
+
+def _run(target: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run a command with only the installed copy of osnova_server importable (not the tree)."""
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=60, env=env, cwd=target.parent)
+
+
+def test_wheel_holds_the_package_schema_and_no_tests(wheel: Path) -> None:
+    """The manifest schema and py.typed ship; tests and benchmarks do not."""
+    assert wheel.name == f"osnova_server-{__version__}-py3-none-any.whl"
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "osnova_server/schemas/osnova-manifest.schema.json" in names
+    assert "osnova_server/py.typed" in names
+    assert "osnova_server/__main__.py" in names
+    assert not [name for name in names if name.startswith(("tests/", "bench/"))]
+
+
+def test_wheel_declares_the_console_script_and_dependencies(wheel: Path) -> None:
+    """`osnova-server = osnova_server.cli:main`; the base dependencies and both extras."""
+    with zipfile.ZipFile(wheel) as archive:
+        dist_info = f"osnova_server-{__version__}.dist-info"
+        entry_points = archive.read(f"{dist_info}/entry_points.txt").decode()
+        metadata = email.message_from_bytes(archive.read(f"{dist_info}/METADATA"))
+    assert "[console_scripts]\nosnova-server = osnova_server.cli:main" in entry_points
+    assert metadata["Name"] == "osnova-server"
+    assert metadata["Requires-Python"] == ">=3.11"
+    requires = " ".join(metadata.get_all("Requires-Dist") or [])
+    for dependency in ("aiohttp", "aiohttp-cors", "aiojobs", "pyjwt", "argon2-cffi", "aioprometheus", "tomli-w"):
+        assert dependency in requires.lower()
+    assert set(metadata.get_all("Provides-Extra") or []) >= {"test", "speedups"}
+
+
+def test_installed_console_script_runs_like_python_m(installed: Path) -> None:
+    """The installed script and `python -m osnova_server` print the same, from the installed copy."""
+    script = installed / "bin" / "osnova-server"
+    assert script.exists()
+    for args in (("version",), ("no-such-command",)):
+        by_script = _run(installed, str(script), *args)
+        by_module = _run(installed, sys.executable, "-m", "osnova_server", *args)
+        assert (by_script.returncode, by_script.stdout, by_script.stderr) == (
+            by_module.returncode,
+            by_module.stdout,
+            by_module.stderr,
+        )
+    assert _run(installed, str(script), "version").stdout == f"osnova-server {__version__}\n"
+    where = _run(installed, sys.executable, "-c", "import osnova_server; print(osnova_server.__file__)")
+    assert where.stdout.startswith(str(installed))
+
+
+def test_installed_package_finds_its_schema(installed: Path) -> None:
+    """The schema is read through the package, so it works from a wheel and not only from the tree."""
+    code = (
+        "import importlib.resources, json; "
+        "path = importlib.resources.files('osnova_server') / 'schemas' / 'osnova-manifest.schema.json'; "
+        "print(json.loads(path.read_text())['title'])"
+    )
+    result = _run(installed, sys.executable, "-c", code)
+    assert (result.returncode, result.stdout) == (0, "Osnova Application Manifest\n"), result.stderr
