@@ -151,10 +151,6 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_rpc(args: argparse.Namespace) -> int:
     """Call one RPC method as admin on the running server and print its result as JSON."""
-    import asyncio
-
-    from osnova_server.client import RpcCallError, TransportError
-
     params: Any = None
     if args.params is not None:
         try:
@@ -163,20 +159,7 @@ def cmd_rpc(args: argparse.Namespace) -> int:
             raise CommandError(f"PARAMS_JSON is not valid JSON ({err})", EXIT_USAGE) from None
         if not isinstance(params, (list, dict)):
             raise CommandError("PARAMS_JSON must be a JSON array or object, e.g. '{\"app_id\": \"x\"}'", EXIT_USAGE)
-    config = _load_config(args)
-
-    async def call() -> Any:
-        async with local_client(config) as client:
-            return await client.call(args.method, params)
-
-    try:
-        result = asyncio.run(call())
-    except RpcCallError as err:
-        raise CommandError(f"error {err.code}: {err.message}") from None
-    except TransportError as err:
-        if err.status is None:
-            raise CommandError(f"cannot reach {local_url(config)}; is `{PROG} serve` running?") from None
-        raise CommandError(str(err)) from None
+    result = call_server(_load_config(args), args.method, params, show_code=True)
     print_json(result)
     return EXIT_OK
 
@@ -249,8 +232,11 @@ def _positive(text: str) -> int:
 # -- paired devices and bans (they talk to the running server as admin) ---------------------
 
 
-def call_server(config: Config, method: str, params: Any = None) -> Any:
-    """Call one method as admin on the running server; any failure becomes a one-line CommandError."""
+def call_server(config: Config, method: str, params: Any = None, *, show_code: bool = False) -> Any:
+    """Call one method as admin on the running server; any failure becomes a one-line CommandError.
+
+    `rpc` shows the JSON-RPC error code, for scripts; the friendlier commands show the sentence only.
+    """
     import asyncio
 
     from osnova_server.client import RpcCallError, TransportError
@@ -262,7 +248,7 @@ def call_server(config: Config, method: str, params: Any = None) -> Any:
     try:
         return asyncio.run(call())
     except RpcCallError as err:
-        raise CommandError(err.message) from None
+        raise CommandError(f"error {err.code}: {err.message}" if show_code else err.message) from None
     except TransportError as err:
         if err.status is None:
             raise CommandError(f"cannot reach {local_url(config)}; is `{PROG} serve` running?") from None

@@ -19,6 +19,8 @@ from typing import Any, Final, get_type_hints
 
 import tomli_w
 
+from osnova_server.files import replace_file
+
 SYSTEM_CONFIG_PATH: Final = Path("/etc/osnova/server.toml")
 SAMPLE_SECRET: Final = "your-secret-key-here"
 MIN_SECRET_BYTES: Final = 32
@@ -434,18 +436,7 @@ def write(config: Config, path: Path) -> None:
     """
     mode = 0o600 if config.auth.jwt_secret else 0o644
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            tomli_w.dump(to_mapping(config), handle)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    replace_file(path, tomli_w.dumps(to_mapping(config)).encode("utf-8"), mode)
 
 
 def replace(config: Config, section: str, **changes: Any) -> Config:

@@ -115,7 +115,17 @@ class Server:
                 ) from None
             raise StartupError(f"cannot bind {self.config.server.bind_address}: {err.strerror}") from None
         bound = _bound_address(site) or self.config.server.bind_address
+        if self.config.port == 0:
+            # Port 0 asks the kernel for a free port; pairing payloads must name the real one.
+            self._pin_port()
         _LOGGER.info("osnova-server listening on %s://%s", self.config.scheme, bound)
+
+    def _pin_port(self) -> None:
+        """Record the kernel-chosen port in the running config (what pairing addresses use)."""
+        host = self.config.host
+        address = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        self.config = config_module.replace(self.config, "server", bind_address=address)
+        self.app[STATE_KEY].runtime.config = self.config
 
     @property
     def port(self) -> int:
@@ -133,6 +143,8 @@ class Server:
         except ConfigError as err:
             _LOGGER.error("reload refused, keeping the running config: %s", err)
             return
+        if new.port == 0:  # the socket stays bound where it is; keep naming that port
+            new = config_module.replace(new, "server", bind_address=self.config.server.bind_address)
         if new.tls.enabled and self.ssl_context is not None:
             try:
                 reload_ssl_context(self.ssl_context, Path(new.tls.cert_path), Path(new.tls.key_path))

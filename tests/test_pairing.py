@@ -261,7 +261,9 @@ async def test_pairing_start_payload(osnova: RunningServer) -> None:
     assert before + 118 <= expires <= time.time() + 121
     # Without TLS the fingerprint is the server identity's.
     assert payload["server"]["fingerprint"] == osnova.runtime.identity.fingerprint
-    assert payload["server"]["address"] == "http://127.0.0.1:0"  # derived from the bind address
+    # Derived from the bind address; port 0 means the port the kernel chose, which devices can reach.
+    assert payload["server"]["address"] == osnova.url
+    assert not payload["server"]["address"].endswith(":0")
     assert osnova.runtime.pairing.outstanding() == 1
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Final
 
 from osnova_server.config import MIN_SECRET_BYTES, SAMPLE_SECRET, Config, ConfigError
+from osnova_server.files import create_file, make_private_dirs
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -22,12 +23,8 @@ class SecretUnreadable(ConfigError):
 
 def write_secret_file(path: Path) -> None:
     """Create `path` holding 64 random hex characters (256 bits), mode 0600, never overwriting."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_hex(32) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    make_private_dirs(path.parent)
+    create_file(path, (secrets.token_hex(32) + "\n").encode(), 0o600)
 
 
 def _check(secret: str, where: str) -> bytes:

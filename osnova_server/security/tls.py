@@ -18,7 +18,6 @@ import datetime as dt
 import hashlib
 import ipaddress
 import logging
-import os
 import socket
 import ssl
 from pathlib import Path
@@ -30,6 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from osnova_server.files import make_private_dirs, replace_file
 
 __all__ = [
     "TlsError",
@@ -47,7 +48,6 @@ DEFAULT_VALIDITY_DAYS: Final = 825
 
 _KEY_MODE: Final = 0o600
 _CERT_MODE: Final = 0o644
-_DIR_MODE: Final = 0o700
 _CLOCK_SKEW: Final = dt.timedelta(minutes=5)
 _DEFAULT_NAMES: Final = ("localhost", "127.0.0.1", "::1")
 _SELF_SIGNED_HINT: Final = "run `osnova-server init --self-signed` or set [tls] enabled = false"
@@ -111,8 +111,10 @@ def generate_self_signed(
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_private_file(key_path, key_pem, _KEY_MODE)
-    _write_private_file(cert_path, certificate.public_bytes(serialization.Encoding.PEM), _CERT_MODE)
+    make_private_dirs(key_path.parent)
+    make_private_dirs(cert_path.parent)
+    replace_file(key_path, key_pem, _KEY_MODE)
+    replace_file(cert_path, certificate.public_bytes(serialization.Encoding.PEM), _CERT_MODE)
     _LOGGER.info("self-signed certificate written to %s, key to %s", cert_path, key_path)
 
 
@@ -286,36 +288,3 @@ def _self_signed_certificate(
     )
 
 
-def _make_private_dirs(directory: Path) -> None:
-    """Create `directory` and any missing parents with mode 0700; leave existing ones alone."""
-    missing = [d for d in (directory, *directory.parents) if not d.exists()]
-    for path in reversed(missing):
-        path.mkdir(mode=_DIR_MODE, exist_ok=True)
-        os.chmod(path, _DIR_MODE)  # mkdir's mode is masked by the umask
-
-
-def _write_private_file(path: Path, data: bytes, mode: int) -> None:
-    """Atomically replace `path` with `data`; the file has `mode` before any byte is written."""
-    _make_private_dirs(path.parent)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            os.fchmod(stream.fileno(), mode)  # the umask may have narrowed os.open's mode
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Flush a directory entry so a renamed file survives a power cut."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -9,7 +9,6 @@ ever logs or returns key material: only the public key's fingerprint leaves this
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -24,6 +23,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from osnova_server.files import create_file, replace_file
 from osnova_server.store import StoreError
 from osnova_server.timestamps import rfc3339
 
@@ -112,17 +112,11 @@ def _create_key(key_path: Path) -> Ed25519PrivateKey:
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    temporary = key_path.with_name(f".{key_path.name}.{os.getpid()}.tmp")
     try:
-        _write_synced(temporary, pem)
         try:
-            # link() refuses an existing name, so a concurrent first start keeps one key.
-            os.link(temporary, key_path)
-        except FileExistsError:
+            create_file(key_path, pem, KEY_MODE)
+        except FileExistsError:  # a concurrent first start made one; keep that key
             return _load_key(key_path)
-        finally:
-            temporary.unlink(missing_ok=True)
-        _fsync_directory(key_path.parent)
     except OSError as err:
         raise IdentityError(
             f"cannot create identity key {key_path} ({err.strerror}); check that the state "
@@ -142,34 +136,9 @@ def _created_at(record_path: Path, key_path: Path, fingerprint: str) -> str:
         pass
     created_at = rfc3339(datetime.fromtimestamp(key_path.stat().st_mtime, UTC))
     body = json.dumps({"fingerprint": fingerprint, "created_at": created_at}, indent=2) + "\n"
-    temporary = record_path.with_name(f".{record_path.name}.{os.getpid()}.tmp")
     try:
-        _write_synced(temporary, body.encode("utf-8"))
-        os.replace(temporary, record_path)
-        _fsync_directory(record_path.parent)
+        replace_file(record_path, body.encode("utf-8"), KEY_MODE)
     except OSError as err:
         # The record is a convenience; the key is what matters, so serve on without it.
         _LOGGER.warning("cannot write identity record %s: %s", record_path, err.strerror)
-        with contextlib.suppress(OSError):
-            temporary.unlink()
     return created_at
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    """Create `path` with mode 0600 before any byte is written, write `data`, and fsync it."""
-    path.unlink(missing_ok=True)  # a temporary left by a crash of this same pid
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, KEY_MODE)
-    with os.fdopen(fd, "wb") as stream:
-        os.fchmod(stream.fileno(), KEY_MODE)  # the umask may have narrowed it further; fix it exactly
-        stream.write(data)
-        stream.flush()
-        os.fsync(stream.fileno())
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Flush a directory entry so a new file survives a power cut."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -16,6 +16,14 @@ def json_error(status: int, message: str, headers: dict[str, str] | None = None,
     return web.json_response({"error": message, **extra}, status=status, headers=headers)
 
 
+def _explanation(err: web.HTTPException) -> str:
+    """The refusal's own explanation (e.g. aiohttp-cors saying which origin), else its reason."""
+    text = (err.text or "").strip()
+    if not text or text == f"{err.status}: {err.reason}" or len(text) > 300:
+        return err.reason
+    return text
+
+
 def setup_errors(app: web.Application) -> None:
     """Install the outermost middleware, which shapes every error answer."""
 
@@ -27,7 +35,7 @@ def setup_errors(app: web.Application) -> None:
             if err.status < 400 or err.content_type == "application/json":
                 raise
             headers = {k: v for k, v in err.headers.items() if k.lower() not in ("content-type", "content-length")}
-            return json_error(err.status, err.reason, headers)
+            return json_error(err.status, _explanation(err), headers)
         except Exception:
             _LOGGER.exception("unhandled error serving %s %s", request.method, request.path)
             return json_error(500, "Internal Server Error")
