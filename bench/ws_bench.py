@@ -1,6 +1,7 @@
 """Benchmark GET /ws against a bare aiohttp WebSocket echo, in one run, on loopback only.
 
-    python bench/ws_bench.py [--duration 3] [--rounds 3] [--idle 1000] [--log-level warning]
+    python bench/ws_bench.py [--duration 3] [--rounds 3] [--idle 1000,10000] [--log-level warning]
+                             [--uvloop] [--json]
 
 Measures, for osnova-server (`apps.list` over an admin socket) and a bare aiohttp echo server
 (the same request text echoed back):
@@ -8,7 +9,11 @@ Measures, for osnova-server (`apps.list` over an admin socket) and a bare aiohtt
 - round trips per second with 1 and 50 connections, each connection sending its next request
   when the previous answer arrives;
 - memory per idle connection: the server process's RSS with `--idle` open sockets (authenticated,
-  for osnova-server) minus its RSS before, divided by their number.
+  for osnova-server) minus its RSS before, divided by their number (each count in the list).
+
+Both servers run on uvloop with `--uvloop`, else on asyncio's loop (osnova-server is then started
+with uvloop hidden); the client runs on uvloop whenever it is installed, so that it outruns them. `--json` prints the rows as one JSON list on the last line
+of stdout, for bench/run.py.
 
 Each server runs in its own process pinned to CPU 0 and the load runs here on CPU 1 (when there
 are two CPUs); the servers take turns, round after round, and the table shows medians. Every
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import json
 import os
 import resource
 import signal
@@ -33,7 +39,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 
@@ -47,6 +53,13 @@ SECRET: Final = "bench-secret-0123456789abcdef0123456789abcdef"
 SERVER_CPU: Final = 0
 LOAD_CPU: Final = 1
 REQUEST: Final = '{"jsonrpc":"2.0","method":"apps.list","id":1}'
+# Opens idle sockets this many at a time, so 10,000 of them take seconds, not minutes.
+CONNECT_CONCURRENCY: Final = 64
+# Runs the CLI with uvloop hidden, as if the `speedups` extra were not installed.
+WITHOUT_UVLOOP: Final = (
+    "import sys; sys.modules['uvloop'] = None; from osnova_server.cli import main; raise SystemExit(main())"
+)
+CHILD_ENV: Final = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def free_port() -> int:
@@ -67,6 +80,12 @@ def wait_ready(url: str, timeout: float = 20.0) -> None:
         except OSError:
             time.sleep(0.02)
     raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_bytes(pid: int) -> int:
@@ -102,7 +121,7 @@ class Target:
         self.headers = headers
         self.log = log
         with log.open("w") as sink:  # a file, not a pipe: a full pipe would stall the server
-            self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=sink)
+            self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=sink, env=CHILD_ENV)
         pin(self.process.pid, SERVER_CPU)
         try:
             wait_ready(f"http://127.0.0.1:{port}/health")
@@ -121,7 +140,7 @@ class Target:
                 self.process.wait()
 
 
-def start_osnova(workdir: Path, max_clients: int, log_level: str) -> Target:
+def start_osnova(workdir: Path, max_clients: int, log_level: str, uvloop: bool) -> Target:
     """osnova-server with room for every benchmark connection and no rate limit in the way."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -130,26 +149,36 @@ def start_osnova(workdir: Path, max_clients: int, log_level: str) -> Target:
         config, "server", bind_address=f"127.0.0.1:{port}", state_dir=str(workdir / "state"), max_clients=max_clients,
     )
     config = config_module.replace(config, "auth", jwt_secret=SECRET)
-    config = config_module.replace(config, "logging", level=log_level, format="json")
+    # The log goes to a file, as a service's would; aiohttp's access log is off (BENCHMARKS.md).
+    config = config_module.replace(
+        config, "logging", level=log_level, format="json", file=str(workdir / "osnova.log"), access_log=False,
+    )
     # One admin token is one bucket: 50 busy sockets share it, so the limiter must not be the bound.
     config = config_module.replace(config, "rate_limit", requests_per_second=1e9, burst_size=10**9)
     path = workdir / "server.toml"
     config_module.write(config, path)
     token = TokenAuthority(SECRET.encode(), 3600).issue(Scope.ADMIN, None)[0]
-    argv = [sys.executable, "-m", "osnova_server", "--config", str(path), "serve"]
+    runner = ["-m", "osnova_server"] if uvloop else ["-c", WITHOUT_UVLOOP]
+    argv = [sys.executable, *runner, "--config", str(path), "serve"]
     return Target("osnova /ws", argv, port, {"Authorization": f"Bearer {token}"}, workdir / "server.log")
 
 
-def start_echo(workdir: Path) -> Target:
+def start_echo(workdir: Path, uvloop: bool) -> Target:
     """The baseline: this script in --echo mode."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    return Target("aiohttp echo", [sys.executable, __file__, "--echo", str(port)], port, {}, workdir / "echo.log")
+    argv = [sys.executable, __file__, "--echo", str(port), *(["--uvloop"] if uvloop else [])]
+    return Target("aiohttp echo", argv, port, {}, workdir / "echo.log")
 
 
-def serve_echo(port: int) -> None:
+def serve_echo(port: int, uvloop: bool) -> None:
     """A bare aiohttp WebSocket echo server (the baseline), until SIGTERM."""
     from aiohttp import web
+
+    if uvloop:
+        import uvloop as uvloop_module
+
+        asyncio.set_event_loop_policy(uvloop_module.EventLoopPolicy())
 
     async def echo(request: web.Request) -> web.WebSocketResponse:
         socket_ = web.WebSocketResponse(compress=False)
@@ -171,8 +200,20 @@ def serve_echo(port: int) -> None:
 # -- the loads -------------------------------------------------------------------------------
 
 
-async def round_trips(target: Target, connections: int, duration: float) -> float:
-    """Round trips per second over `connections` sockets for `duration` seconds."""
+class RoundTrips:
+    """What one throughput run measured."""
+
+    __slots__ = ("rate", "p50_ms", "p99_ms", "cpu_us")
+
+    def __init__(self, rate: float, p50_ms: float, p99_ms: float, cpu_us: float) -> None:
+        self.rate = rate
+        self.p50_ms = p50_ms
+        self.p99_ms = p99_ms
+        self.cpu_us = cpu_us
+
+
+async def round_trips(target: Target, connections: int, duration: float) -> RoundTrips:
+    """Round trips per second over `connections` sockets for `duration` seconds, and their latency."""
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         sockets = [await session.ws_connect(target.url, headers=target.headers) for _ in range(connections)]
@@ -180,26 +221,37 @@ async def round_trips(target: Target, connections: int, duration: float) -> floa
             for ws in sockets:
                 await ws.receive()  # `connected`
         counts = [0] * connections
+        latencies: list[float] = []
         stop_at = 0.0
+        clock = time.perf_counter
 
         async def drive(index: int, ws: aiohttp.ClientWebSocketResponse) -> None:
-            while time.perf_counter() < stop_at:
+            record = latencies.append
+            while (sent := clock()) < stop_at:
                 await ws.send_str(REQUEST)
                 message = await ws.receive()
                 if message.type is not aiohttp.WSMsgType.TEXT:
                     raise RuntimeError(f"{target.name}: unexpected {message.type}")
+                record(clock() - sent)
                 counts[index] += 1
 
         # Warm up, then measure.
-        stop_at = time.perf_counter() + 0.5
+        stop_at = clock() + 0.5
         await asyncio.gather(*(drive(i, ws) for i, ws in enumerate(sockets)))
         counts = [0] * connections
-        started = time.perf_counter()
+        latencies.clear()
+        cpu_before = cpu_seconds(target.process.pid)
+        started = clock()
         stop_at = started + duration
         await asyncio.gather(*(drive(i, ws) for i, ws in enumerate(sockets)))
-        elapsed = time.perf_counter() - started
+        elapsed = clock() - started
+        cpu = cpu_seconds(target.process.pid) - cpu_before
         await asyncio.gather(*(ws.close() for ws in sockets))
-    return sum(counts) / elapsed
+    total = sum(counts)
+    latencies.sort()
+    p50 = latencies[len(latencies) // 2] * 1000 if latencies else float("nan")
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000 if latencies else float("nan")
+    return RoundTrips(total / elapsed, p50, p99, cpu / total * 1e6 if total else float("nan"))
 
 
 async def idle_memory(target: Target, count: int) -> float:
@@ -211,16 +263,33 @@ async def idle_memory(target: Target, count: int) -> float:
         await asyncio.gather(*(ws.close() for ws in warm))
         await asyncio.sleep(0.5)
         before = rss_bytes(target.process.pid)
-        sockets = []
-        for _ in range(count):
-            ws = await session.ws_connect(target.url, headers=target.headers)
-            if "Authorization" in target.headers:
-                await ws.receive()  # `connected`: it is authenticated and holds a slot
-            sockets.append(ws)
+        gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+        async def open_one() -> aiohttp.ClientWebSocketResponse:
+            async with gate:
+                ws = await session.ws_connect(target.url, headers=target.headers, heartbeat=None)
+                if "Authorization" in target.headers:
+                    await ws.receive()  # `connected`: it is authenticated and holds a slot
+                return ws
+
+        sockets = await asyncio.gather(*(open_one() for _ in range(count)))
         await asyncio.sleep(1.0)
         after = rss_bytes(target.process.pid)
         await asyncio.gather(*(ws.close() for ws in sockets))
     return (after - before) / count
+
+
+def run_async(coroutine: Any) -> Any:
+    """Run the client, on uvloop when it is installed: the load must outrun the servers.
+
+    On asyncio's loop this one-process client tops out near 20,000 round trips/s, below what the
+    echo server and osnova-server can answer, and both would measure the client.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 def main() -> int:
@@ -228,46 +297,74 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per throughput case")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--idle", type=int, default=1000, help="sockets held open for the memory case")
+    parser.add_argument("--idle", default="1000", help="comma-separated counts of sockets held open for the memory case")
     parser.add_argument("--log-level", default="warning", help="osnova-server [logging] level (info audits every call)")
+    parser.add_argument("--uvloop", action="store_true", help="servers on uvloop")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON on the last line too")
     parser.add_argument("--echo", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo is not None:
-        serve_echo(args.echo)
+        serve_echo(args.echo, args.uvloop)
         return 0
 
-    raise_fd_limit(2 * args.idle + 256)
+    idle_counts = [int(count) for count in args.idle.split(",") if count]
+    most = max(idle_counts, default=0)
+    raise_fd_limit(2 * most + 256)
     pin(0, LOAD_CPU)
-    results: dict[tuple[str, str], list[float]] = {}
+    results: dict[tuple[str, str], list[RoundTrips]] = {}
+    memory: dict[tuple[str, int], float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for round_number in range(args.rounds):
             workdir = Path(tmp) / f"round{round_number}"
             starts: list[Callable[[], Target]] = [
-                functools.partial(start_echo, workdir),
-                functools.partial(start_osnova, workdir, args.idle + 100, args.log_level),
+                functools.partial(start_echo, workdir, args.uvloop),
+                functools.partial(start_osnova, workdir, most + 100, args.log_level, args.uvloop),
             ]
+            if round_number % 2:
+                starts.reverse()
             for start in starts:
                 target = start()
                 try:
                     for connections in (1, 50):
-                        rate = asyncio.run(round_trips(target, connections, args.duration))
-                        results.setdefault((target.name, f"round trips/s, {connections} conn"), []).append(rate)
+                        measured = run_async(round_trips(target, connections, args.duration))
+                        results.setdefault((target.name, f"WS round trips, {connections} conn"), []).append(measured)
                     if round_number == 0:
-                        per_socket = asyncio.run(idle_memory(target, args.idle))
-                        results.setdefault((target.name, f"KiB per idle socket ({args.idle} open)"), []).append(
-                            per_socket / 1024,
-                        )
+                        for count in idle_counts:
+                            memory[(target.name, count)] = run_async(idle_memory(target, count)) / 1024
                 finally:
                     target.stop()
                 print(f"round {round_number + 1}: {target.name} done", file=sys.stderr)
 
-    cases = sorted({case for _, case in results})
     names = ["aiohttp echo", "osnova /ws"]
-    print(f"{'case':36} {'aiohttp echo':>14} {'osnova /ws':>14} {'ratio':>7}")
-    for case in cases:
-        echo, osnova = (statistics.median(results[(name, case)]) for name in names)
-        print(f"{case:36} {echo:14.0f} {osnova:14.0f} {osnova / echo:7.2f}")
-    print(f"(medians of {args.rounds} rounds of {args.duration:g} s; memory from round 1; log level {args.log_level})")
+    rows: list[dict[str, Any]] = []
+    print(f"{'case':36} {'aiohttp echo':>14} {'osnova /ws':>14} {'ratio':>7}  osnova CPU µs/msg (echo)")
+    for case in sorted({case for _, case in results}):
+        echo, osnova = ([statistics.median(m.rate for m in results[(name, case)])] for name in names)
+        cpu = {name: statistics.median(m.cpu_us for m in results[(name, case)]) for name in names}
+        print(f"{case:36} {echo[0]:14.0f} {osnova[0]:14.0f} {osnova[0] / echo[0]:7.2f}  "
+              f"{cpu['osnova /ws']:.1f} ({cpu['aiohttp echo']:.1f})")
+        for name, server in zip(names, ("bare", "osnova")):
+            measured = results[(name, case)]
+            rows.append({
+                "case": case, "server": server, "unit": "rt/s",
+                "rate": statistics.median(m.rate for m in measured),
+                "p50_ms": statistics.median(m.p50_ms for m in measured),
+                "p99_ms": statistics.median(m.p99_ms for m in measured),
+                "cpu_us": statistics.median(m.cpu_us for m in measured),
+                "note": "bare = aiohttp WS echo" if server == "bare" else "",
+            })
+    for count in idle_counts:
+        echo_kib, osnova_kib = (memory[(name, count)] for name in names)
+        print(f"{f'KiB per idle socket ({count} open)':36} {echo_kib:14.1f} {osnova_kib:14.1f}")
+        for name, server in zip(names, ("bare", "osnova")):
+            note = "authenticated" if server == "osnova" else "bare = aiohttp WS echo"
+            rows.append({"case": f"idle WS, {count} open", "server": server, "unit": "KiB/sock",
+                         "rate": memory[(name, count)], "note": note})
+    loop = "uvloop" if args.uvloop else "asyncio"
+    print(f"(medians of {args.rounds} rounds of {args.duration:g} s; memory from round 1; log level "
+          f"{args.log_level}; servers on {loop})")
+    if args.json:
+        print(json.dumps(rows))
     return 0
 
 

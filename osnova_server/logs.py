@@ -59,15 +59,16 @@ _COMPACT_ENCODE: Final = json.JSONEncoder(default=str, separators=(",", ":")).en
 
 
 def _stdlib_line(line: dict[str, Any]) -> str:
-    """A JSON line from the standard library: compact, non-ASCII kept as it is."""
-    return json.dumps(line, default=str, separators=(",", ":"), ensure_ascii=False)
+    """A compact JSON line from the standard library, in ASCII so that any str can be written."""
+    # Escaping keeps a lone surrogate (a client can send "\ud800") from failing the UTF-8 sink.
+    return _COMPACT_ENCODE(line)
 
 
 try:  # pragma: no cover - depends on the installed `speedups` extra
     import orjson
 
     def _json_line(line: dict[str, Any]) -> str:
-        """A JSON line through orjson, ~8x faster than the stdlib encoder and the same JSON."""
+        """A JSON line through orjson (UTF-8 kept as it is), ~8x faster than the stdlib encoder."""
         try:
             return orjson.dumps(line, default=str).decode()
         except TypeError:  # an integer beyond 64 bits or a lone surrogate: the stdlib copes
@@ -215,17 +216,19 @@ class _QueueListener(logging.handlers.QueueListener):
     def __init__(self, source: _QueueHandler, sink: logging.Handler) -> None:
         super().__init__(source.queue, sink, respect_handler_level=True)
         self._source = source
+        self._sink = sink
         self._reported = 0
 
-    def dequeue(self, block: bool) -> logging.LogRecord | None:
+    def dequeue(self, block: bool) -> logging.LogRecord:
         """The next record; when there is none, linger first so the next burst is one batch."""
-        pending = self.queue
+        pending = self._source.queue
         try:
-            return pending.get_nowait()  # type: ignore[no-any-return]
+            record = pending.get_nowait()
         except Empty:
-            pass
-        time.sleep(WRITER_LINGER_SECONDS)
-        return pending.get(block)  # type: ignore[no-any-return]
+            time.sleep(WRITER_LINGER_SECONDS)
+            record = pending.get(block)
+        # None is the stop sentinel, which the base class recognises by identity.
+        return record  # type: ignore[return-value]
 
     def handle(self, record: logging.LogRecord) -> None:
         """Write the record, preceded by a warning if records were dropped since the last one."""
@@ -240,8 +243,14 @@ class _QueueListener(logging.handlers.QueueListener):
                 "msg": f"dropped {lost} log records: the log sink is too slow",
                 "fields": {"dropped": lost},
             })
-            super().handle(warning)
-        super().handle(record)
+            self._write(warning)
+        self._write(record)
+
+    def _write(self, record: logging.LogRecord) -> None:
+        """Hand one record to the sink (QueueListener.handle, minus its generic handler loop)."""
+        sink = self._sink
+        if record.levelno >= sink.level:
+            sink.handle(record)
 
 
 class _StreamSink(logging.StreamHandler[TextIO]):
@@ -436,13 +445,31 @@ def audit(event: str, **fields: Any) -> None:
     _AUDIT_LOGGER.handle(record)
 
 
-# The attributes every audit record of an RPC call shares, taken from a real LogRecord so that
-# any handler (a test's caplog included) finds what it expects.
-_CALL_RECORD_BASE: Final = {
-    **vars(logging.LogRecord(AUDIT_LOGGER_NAME, logging.INFO, "", 0, "rpc", None, None)),
-    "thread": None, "threadName": None, "processName": None, "process": None,
-}
+def record_template(name: str, msg: str) -> dict[str, Any]:
+    """The attributes of an INFO record of logger `name`, taken from a real LogRecord.
+
+    Records of the hot paths (an audit line per call, an access line per request) are built by
+    copying this and filling in the time, which skips LogRecord.__init__ and the record factory;
+    any handler (a test's caplog included) still finds every attribute it expects.
+    """
+    record = logging.LogRecord(name, logging.INFO, "", 0, msg, None, None)
+    return {**vars(record), "thread": None, "threadName": None, "processName": None, "process": None}
+
+
+_CALL_RECORD_BASE: Final = record_template(AUDIT_LOGGER_NAME, "rpc")
 _new_record: Final = logging.LogRecord.__new__
+
+
+def stamped_record(template: dict[str, Any]) -> tuple[logging.LogRecord, dict[str, Any]]:
+    """A record made from `template` and stamped now; its attributes, to fill in."""
+    record = _new_record(logging.LogRecord)
+    attributes = template.copy()
+    now = time.time()
+    attributes["created"] = now
+    attributes["msecs"] = int((now - int(now)) * 1000) + 0.0
+    attributes["relativeCreated"] = (now - _LOGGING_START) * 1000
+    record.__dict__ = attributes
+    return record, attributes
 
 
 def audit_call(
@@ -456,15 +483,9 @@ def audit_call(
     """
     if not _AUDIT_ENABLED_FOR(logging.INFO):
         return
-    record = _new_record(logging.LogRecord)
-    attributes = _CALL_RECORD_BASE.copy()
-    now = time.time()
-    attributes["created"] = now
-    attributes["msecs"] = int((now - int(now)) * 1000) + 0.0
-    attributes["relativeCreated"] = (now - _LOGGING_START) * 1000
+    record, attributes = stamped_record(_CALL_RECORD_BASE)
     attributes["fields"] = {
         "event": "rpc", "principal": principal, "method": method, "outcome": outcome,
         "duration_ms": round(seconds * 1000, 3), "remote": remote, "transport": transport,
     }
-    record.__dict__ = attributes
     _AUDIT_LOGGER.handle(record)

@@ -29,6 +29,7 @@ from osnova_server.logs import LoggingHandle, setup_logging
 from osnova_server.security.secret import configured_secret
 from osnova_server.security.tls import TlsError, create_ssl_context, reload_ssl_context
 from osnova_server.store import StoreError
+from osnova_server.web.access_log import AccessLog
 from osnova_server.web.keys import STATE_KEY
 
 _LOGGER = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class Server:
             self.app,
             handle_signals=False,
             access_log=logging.getLogger("aiohttp.access") if config.logging.access_log else None,
+            access_log_class=AccessLog,
             shutdown_timeout=float(config.server.shutdown_timeout),
         )
         self.stopping = asyncio.Event()
@@ -264,6 +266,15 @@ async def _watchdog(interval: float) -> None:
         await asyncio.sleep(interval)
 
 
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when the `speedups` extra is installed (BENCHMARKS.md: it pays), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def run(config: Config) -> int:
     """Set up logging and run the server on a fresh event loop."""
     os.umask(0o077)  # the database, secret and keys are the household's alone
@@ -272,6 +283,7 @@ def run(config: Config) -> int:
     except ValueError as err:
         raise StartupError(str(err), EXIT_USAGE) from None
     try:
-        return asyncio.run(serve(config, handle))
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            return runner.run(serve(config, handle))
     finally:
         handle.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import re
 import shutil
 import signal
@@ -21,6 +22,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -28,7 +30,8 @@ from osnova_server import config as config_module
 from osnova_server.client import OsnovaClient, TransportError
 from osnova_server.security.tls import certificate_fingerprint, generate_self_signed
 from osnova_server.security.tokens import Scope, TokenAuthority
-from tests.conftest import TEST_SECRET, ServerProcess, cli, free_port, make_config, write_config
+from osnova_server.server import event_loop_factory
+from tests.conftest import TEST_SECRET, ServerProcess, cli, free_port, make_config, running_server, write_config
 
 Start = Callable[..., ServerProcess]
 
@@ -548,3 +551,26 @@ def test_start_to_ready_is_quick(tmp_path: Path) -> None:
         code, stderr = server.stop()
     assert code == 0, stderr
     assert took < 5.0, took
+
+
+@pytest.mark.parametrize("access_log", [True, False])
+async def test_the_access_log_can_be_switched_off(
+    state_dir: Path, access_log: bool, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with running_server(make_config(state_dir, logging={"access_log": access_log})) as server:
+        async with aiohttp.ClientSession() as session, session.get(f"{server.url}/health") as answer:
+            assert answer.status == 200
+        async with server.client(admin=True) as client:
+            await client.call("status.get")
+    access = [record for record in caplog.records if record.name == "aiohttp.access"]
+    assert len(access) == (2 if access_log else 0)
+    calls = [record for record in caplog.records if getattr(record, "fields", {}).get("event") == "rpc"]
+    assert len(calls) == 1, "the audit line of each call stays, whatever the access log"
+
+
+def test_the_event_loop_is_uvloop_only_when_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    uvloop = pytest.importorskip("uvloop")
+    assert event_loop_factory() is uvloop.new_event_loop
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if the `speedups` extra were not installed
+    assert event_loop_factory() is None

@@ -19,6 +19,7 @@ from osnova_server.logs import (
     REDACTED,
     LoggingHandle,
     audit,
+    audit_call,
     redact,
     setup_logging,
 )
@@ -336,3 +337,19 @@ def test_redact_is_a_deep_copy() -> None:
 def test_logging_handle_has_slots() -> None:
     """The handle is a small fixed object."""
     assert "__slots__" in vars(LoggingHandle)
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_audit_call_writes_the_line_audit_would(fmt: str, tmp_path: Path) -> None:
+    """The per-call fast path is a shortcut, not a second format."""
+    log_file = tmp_path / "osnova.log"
+    handle = setup_logging("info", fmt, str(log_file))
+    audit("rpc", principal="dev-1", method="status.get", outcome="ok", duration_ms=2.5, remote="::1", transport="ws")
+    audit_call("dev-1", "status.get", "ok", 0.0025, "::1", "ws")
+    handle.set_level("warning")
+    audit_call("dev-1", "status.get", "ok", 0.0025, "::1", "ws")  # not written: auditing is off
+    handle.stop()
+    first, second = lines(log_file)
+    stamp = r"^\S+ " if fmt == "text" else r'^\{"ts":"[^"]+",'
+    assert re.sub(stamp, "", first) == re.sub(stamp, "", second)
+    assert "principal" in second and "duration_ms" in second

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aioprometheus.renderer import render
 
+from osnova_server.metrics import DURATION_BUCKETS, Metrics
 from osnova_server.rpc.protocol import UNKNOWN_METHOD
 from tests.conftest import RunningServer, make_config, running_server
 
@@ -147,3 +149,43 @@ async def test_promtool_finds_no_problem_in_the_real_output(osnova: RunningServe
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout.strip() == "" and checked.stderr.strip() == ""
+
+
+def rendered(metrics: Metrics) -> Samples:
+    """What /metrics would show for `metrics` right now."""
+    metrics.publish()
+    body, _ = render(metrics.registry, [])
+    return parse(body.decode())
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.0001, 0.0005, 0.00050001, 0.001, 0.3, 10.0, 10.5])
+def test_a_duration_counts_in_every_bucket_whose_bound_it_does_not_exceed(seconds: float) -> None:
+    metrics = Metrics()
+    metrics.observe_call("status.get", "ok", seconds, None)  # type: ignore[arg-type]
+    samples = rendered(metrics)
+    buckets = {
+        dict(labels)["le"]: count for (name, labels), count in samples.items()
+        if name == "rpc_request_duration_seconds_bucket"
+    }
+    assert len(buckets) == len(DURATION_BUCKETS) + 1
+    for le, count in buckets.items():
+        assert count == (1 if seconds <= float(le) else 0), f"le={le}"
+    assert value(samples, "rpc_request_duration_seconds_count", method="status.get") == 1
+    assert value(samples, "rpc_request_duration_seconds_sum", method="status.get") == pytest.approx(seconds)
+
+
+def test_scraping_twice_shows_totals_not_doubled_counts() -> None:
+    metrics = Metrics()
+    for _ in range(2):
+        metrics.observe_call("status.get", "ok", 0.002, None)  # type: ignore[arg-type]
+        metrics.observe_http("/rpc", 200)
+        metrics.ws_messages.inc({"direction": "in"})
+    first = rendered(metrics)
+    metrics.observe_call("status.get", "ok", 0.002, None)  # type: ignore[arg-type]
+    second = rendered(metrics)
+    assert value(first, "rpc_requests_total", method="status.get", outcome="ok") == 2
+    assert value(second, "rpc_requests_total", method="status.get", outcome="ok") == 3
+    assert value(second, "rpc_request_duration_seconds_bucket", method="status.get", le="0.0025") == 3
+    assert value(second, "rpc_request_duration_seconds_sum", method="status.get") == pytest.approx(0.006)
+    assert value(second, "http_requests_total", route="/rpc", status="200") == 2
+    assert value(second, "ws_messages_total", direction="in") == 2

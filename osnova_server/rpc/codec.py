@@ -50,11 +50,12 @@ _decoder: Final = json.JSONDecoder(parse_constant=_reject_constant, parse_float=
 
 def _suits_orjson(raw: bytes | str) -> bool:
     """Whether orjson parses this message safely and exactly (see the module docstring)."""
+    # A message no longer than the bracket bound cannot hold more brackets than that.
     if isinstance(raw, bytes):
-        if raw.count(b"[") + raw.count(b"{") > ORJSON_MAX_BRACKETS:
+        if len(raw) > ORJSON_MAX_BRACKETS and raw.count(b"[") + raw.count(b"{") > ORJSON_MAX_BRACKETS:
             return False
         return _LONG_DIGITS.search(raw) is None
-    if raw.count("[") + raw.count("{") > ORJSON_MAX_BRACKETS:
+    if len(raw) > ORJSON_MAX_BRACKETS and raw.count("[") + raw.count("{") > ORJSON_MAX_BRACKETS:
         return False
     return _LONG_DIGITS_TEXT.search(raw) is None
 

@@ -110,6 +110,23 @@ def _valid_id(member: dict[str, Any]) -> Any:
     return None
 
 
+_clock: Final = time.perf_counter
+_NO_ARGUMENTS: Final[dict[str, Any]] = {}
+# The types a valid id has (bool is excluded: it is not one of them, though a subclass of int).
+_ID_TYPES: Final = frozenset({str, int, float, type(None)})
+
+
+def _is_plain_request(member: Any) -> bool:
+    """A quick yes for the common well-formed request; `_invalid_reason` has the last word on a no."""
+    return (
+        type(member) is dict
+        and member.get("jsonrpc") == "2.0"
+        and type(member.get("method")) is str
+        and type(member.get("params", _NO_ARGUMENTS)) in (dict, list)
+        and type(member.get("id")) in _ID_TYPES
+    )
+
+
 def _invalid_reason(member: Any) -> str | None:
     """Why `member` is not a valid Request object, or None if it is."""
     if not isinstance(member, dict):
@@ -142,6 +159,9 @@ class Dispatcher:
             return await self.call(envelope.members[0], ctx)
         if len(envelope.members) == 1:
             answers = [await self.call(envelope.members[0], ctx)]
+        elif len(envelope.members) <= BATCH_CONCURRENCY:
+            # Within the bound anyway: no semaphore, and no wrapper coroutine per member.
+            answers = await asyncio.gather(*(self.call(member, ctx) for member in envelope.members))
         else:
             gate = asyncio.Semaphore(BATCH_CONCURRENCY)
 
@@ -155,23 +175,26 @@ class Dispatcher:
 
     async def call(self, member: Any, ctx: Context) -> dict[str, Any] | None:
         """Run one Request object; None for a notification."""
-        reason = _invalid_reason(member)
-        if reason is not None:
-            request_id = _valid_id(member) if isinstance(member, dict) else None
-            return error_answer(InvalidRequest(f"Invalid Request: {reason}"), request_id)
+        if not _is_plain_request(member):
+            reason = _invalid_reason(member)
+            if reason is not None:
+                request_id = _valid_id(member) if isinstance(member, dict) else None
+                return error_answer(InvalidRequest(f"Invalid Request: {reason}"), request_id)
         name: str = member["method"]
         is_notification = "id" not in member
         request_id = member.get("id")
         method = self.registry.get(name)
         label = name if method is not None else UNKNOWN_METHOD
-        started = time.perf_counter()
+        started = _clock()
         outcome = "ok"
         try:
             if method is None or (method.websocket_only and ctx.transport != "ws"):
                 where = " (it is served on the WebSocket /ws only)" if method is not None else ""
                 raise MethodNotFound(f"Method not found: {name}{where}")
             method.authorize(ctx)
-            kwargs = method.bind(member.get("params"))
+            params = member.get("params")
+            # Most calls name a method without params; binding nothing needs no walk.
+            kwargs = method.bind(params) if params or method.params else _NO_ARGUMENTS
             result = await method.func(ctx, **kwargs)
         except RpcError as err:
             outcome = _outcome(err)
@@ -183,7 +206,7 @@ class Dispatcher:
         else:
             answer = {"jsonrpc": "2.0", "result": result, "id": request_id}
         if self.observe is not None:
-            self.observe(label, outcome, time.perf_counter() - started, ctx)
+            self.observe(label, outcome, _clock() - started, ctx)
         return None if is_notification else answer
 
 
