@@ -154,6 +154,7 @@ class Store:
         self.path = path
         self._apps: dict[str, AppRecord] = {}
         self._devices: dict[str, DeviceRecord] = {}
+        self._app_listing: list[dict[str, Any]] | None = None
         # One connection serves every coroutine, so transactions must not interleave.
         self._write_lock = asyncio.Lock()
 
@@ -274,6 +275,16 @@ class Store:
         """Installed apps, oldest install first."""
         return sorted(self._apps.values(), key=lambda app: (app.installed_at, app.id))
 
+    def app_listing(self) -> list[dict[str, Any]]:
+        """The `apps.list` answer, built once per change rather than once per call.
+
+        Phones poll it; the list changes only on install and uninstall. Callers must not
+        mutate what they get: the same list is handed to every caller until the next change.
+        """
+        if self._app_listing is None:
+            self._app_listing = [app.to_json() for app in self.apps()]
+        return self._app_listing
+
     async def put_app(self, app: AppRecord) -> None:
         """Install or replace an app (same id means upgrade)."""
         await self._write([(
@@ -289,11 +300,13 @@ class Store:
              json.dumps(app.manifest), app.installed_at),
         )])
         self._apps[app.id] = app
+        self._app_listing = None
 
     async def delete_app(self, app_id: str) -> bool:
         """Remove an app; whether it was installed."""
         removed = await self._write([("DELETE FROM apps WHERE id = ?", (app_id,))]) > 0
         self._apps.pop(app_id, None)
+        self._app_listing = None
         return removed
 
     # -- devices and refresh tokens ----------------------------------------------------------

@@ -65,7 +65,7 @@ class AppCatalog:
 
     def installed(self) -> list[dict[str, Any]]:
         """Every installed app in the `apps.list` shape, oldest install first."""
-        return [app.to_json() for app in self._store.apps()]
+        return self._store.app_listing()
 
     async def install(self, manifest_uri: str, allow_file: bool) -> str:
         """Fetch and validate the manifest at `manifest_uri`, store the app, return its id."""
