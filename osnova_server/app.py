@@ -23,8 +23,8 @@ from osnova_server.web.rpc_view import rpc_view
 from osnova_server.web.websocket import setup_websocket
 
 
-def create_app(config: Config, runtime: Runtime | None = None) -> web.Application:
-    """Build the application for `config`; the runtime opens on startup unless one is given."""
+def create_app(config: Config) -> web.Application:
+    """Build the application for `config`; its runtime opens on startup and closes on cleanup."""
     app = web.Application(client_max_size=config.limits.max_body_bytes, handler_args={"max_field_size": 16384})
     metrics = Metrics()
     state = ServerState(metrics)
@@ -56,10 +56,6 @@ def create_app(config: Config, runtime: Runtime | None = None) -> web.Applicatio
     app.on_response_prepare.append(count_http)
 
     async def runtime_context(app: web.Application) -> AsyncIterator[None]:
-        if runtime is not None:
-            _install(state, runtime)
-            yield
-            return
         async with open_runtime(config) as opened:
             _install(state, opened)
             yield
