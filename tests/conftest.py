@@ -18,6 +18,7 @@ import pytest
 from osnova_server import config as config_module
 from osnova_server.client import OsnovaClient
 from osnova_server.config import Config
+from osnova_server.events import Event
 from osnova_server.runtime import Runtime
 from osnova_server.security.tokens import Scope
 from osnova_server.server import Server
@@ -94,6 +95,15 @@ async def osnova(config: Config) -> AsyncIterator[RunningServer]:
     """A running server with the default test config."""
     async with running_server(config) as running:
         yield running
+
+
+@pytest.fixture
+def events(osnova: RunningServer) -> Iterator[list[Event]]:
+    """Every event the running server publishes while the test runs."""
+    seen: list[Event] = []
+    remove = osnova.runtime.events.listen(seen.append)
+    yield seen
+    remove()
 
 
 @pytest.fixture

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -27,6 +26,7 @@ from osnova_server.events import APPS_INSTALLED, APPS_UNINSTALLED, Event
 from osnova_server.security.tls import generate_self_signed
 from osnova_server.security.tokens import Scope
 from tests.conftest import RunningServer, make_config, running_server
+from tests.servers import bound_loopback_socket, stream_forever
 
 FETCH_TIMEOUT: Final = 1.0
 TWO_MIB: Final = 2 * 1_048_576
@@ -91,29 +91,11 @@ async def _big(request: web.Request) -> web.Response:
     return web.json_response(manifest(description="x" * TWO_MIB))
 
 
-async def _forever(request: web.Request) -> web.StreamResponse:
-    """Send chunks until the client hangs up."""
-    response = web.StreamResponse()
-    response.enable_chunked_encoding()
-    await response.prepare(request)
-    while request.transport is not None and not request.transport.is_closing():
-        await response.write(b" " * 65_536)
-        await asyncio.sleep(0)
-    return response
-
-
-def _bound() -> socket.socket:
-    """A listening-ready loopback socket on an ephemeral port."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
 @pytest.fixture
 async def host(tls_files: tuple[Path, Path]) -> AsyncIterator[ManifestHost]:
     """An HTTPS and a plain HTTP manifest server, and a TCP server that never says a word."""
     cert, key = tls_files
-    plain_sock, tls_sock = _bound(), _bound()
+    plain_sock, tls_sock = bound_loopback_socket(), bound_loopback_socket()
     http_base = f"http://127.0.0.1:{plain_sock.getsockname()[1]}"
 
     async def to_http(request: web.Request) -> web.Response:
@@ -122,7 +104,7 @@ async def host(tls_files: tuple[Path, Path]) -> AsyncIterator[ManifestHost]:
     app = web.Application()
     app.router.add_get("/notes.json", _notes)
     app.router.add_get("/big.json", _big)
-    app.router.add_get("/forever.json", _forever)
+    app.router.add_get("/forever.json", stream_forever)
     app.router.add_get("/to-http.json", to_http)
     runner = web.AppRunner(app, shutdown_timeout=0.1)
     await runner.setup()
@@ -163,15 +145,6 @@ def files(tmp_path: Path) -> Path:
     path = tmp_path / "manifests"
     path.mkdir()
     return path
-
-
-@pytest.fixture
-def events(osnova: RunningServer) -> Iterator[list[Event]]:
-    """Every event the server publishes while the test runs."""
-    seen: list[Event] = []
-    remove = osnova.runtime.events.listen(seen.append)
-    yield seen
-    remove()
 
 
 def write_manifest(directory: Path, name: str, document: Any) -> str:

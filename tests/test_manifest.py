@@ -36,6 +36,7 @@ from osnova_server.services.manifest import (
     fetch_manifest,
     parse_manifest,
 )
+from tests.servers import bound_loopback_socket, stream_forever
 
 SECRET: Final = "hunter2-TOP-SECRET-0xC0FFEE"
 TWO_MIB: Final = 2 * 1_048_576
@@ -177,19 +178,6 @@ async def _big_chunked(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _forever(request: web.Request) -> web.StreamResponse:
-    """Stream chunks until the client hangs up."""
-    response = web.StreamResponse()
-    response.enable_chunked_encoding()
-    await response.prepare(request)
-    # A TLS transport swallows writes after the peer leaves instead of raising, and a write
-    # that does not wait for the peer never yields: look for the hang-up and yield each round.
-    while request.transport is not None and not request.transport.is_closing():
-        await response.write(b" " * 65_536)
-        await asyncio.sleep(0)
-    return response
-
-
 async def _redirect(request: web.Request) -> web.Response:
     """Redirect `n` times, then serve the manifest."""
     hops = int(request.match_info["n"])
@@ -225,14 +213,6 @@ async def _ant(request: web.Request) -> web.Response:
     return await _manifest(request)
 
 
-def _bound_socket() -> socket.socket:
-    """Return a TCP socket bound to an ephemeral port on 127.0.0.1."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
 def _base(scheme: str, sock: socket.socket) -> str:
     """Return the base URL of a bound socket."""
     return f"{scheme}://127.0.0.1:{sock.getsockname()[1]}"
@@ -256,13 +236,13 @@ def files(tmp_path: Path) -> Iterator[Path]:
 @pytest.fixture
 async def env(tls_files: TlsFiles, files: Path) -> AsyncIterator[Env]:
     """Start an https and an http site, a server that never answers, and a closed port."""
-    https_sock, http_sock = _bound_socket(), _bound_socket()
+    https_sock, http_sock = bound_loopback_socket(), bound_loopback_socket()
     app = web.Application()
     app[HTTP_BASE] = _base("http", http_sock)
     app.router.add_get("/manifest.json", _manifest)
     app.router.add_get("/big", _big)
     app.router.add_get("/big-chunked", _big_chunked)
-    app.router.add_get("/forever", _forever)
+    app.router.add_get("/forever", stream_forever)
     app.router.add_get("/redirect/{n}", _redirect)
     app.router.add_get("/to-http", _to_http)
     app.router.add_get("/to-file", _to_file)
@@ -287,7 +267,7 @@ async def env(tls_files: TlsFiles, files: Path) -> AsyncIterator[Env]:
 
     silent = await asyncio.start_server(say_nothing, "127.0.0.1", 0)
     silent_port = silent.sockets[0].getsockname()[1]
-    closed = _bound_socket()  # bound but never listening: connecting is refused
+    closed = bound_loopback_socket()  # bound but never listening: connecting is refused
     try:
         yield Env(
             https=_base("https", https_sock),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +15,6 @@ from osnova_server.services.settings import SERVER_ADDRESS_KEY, normalize_server
 from tests.conftest import RunningServer, make_config, running_server
 
 ORIGINAL = "https://osnova.lan:8443"
-
-
-@pytest.fixture
-def events(osnova: RunningServer) -> Iterator[list[Event]]:
-    """Every event the server publishes while the test runs."""
-    seen: list[Event] = []
-    remove = osnova.runtime.events.listen(seen.append)
-    yield seen
-    remove()
 
 
 async def call(server: RunningServer, method: str, params: Any = None) -> Any:
