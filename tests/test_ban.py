@@ -17,22 +17,13 @@ from osnova_server.config import BanSection, Config
 from osnova_server.errors import INVALID_PARAMS, NOT_FOUND
 from osnova_server.services.bans import BanList
 from osnova_server.store import Store
+from tests.clock import FakeClock
 from tests.conftest import RunningServer, make_config, running_server
 from tests.test_pairing import pair_device
 
 ATTACKER = "127.0.0.3"
 BYSTANDER = "127.0.0.2"
 NOW = 1_900_000_000.0
-
-
-class FakeClock:
-    """A wall clock the test moves by hand."""
-
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @asynccontextmanager
@@ -85,7 +76,7 @@ def settings(**changes: Any) -> BanSection:
 
 
 async def test_failures_within_the_window_earn_a_ban(store: Store) -> None:
-    clock = FakeClock()
+    clock = FakeClock(NOW)
     bans = BanList(store, settings(), clock)
     assert bans.record_failure("192.0.2.1") is None
     assert bans.record_failure("192.0.2.1") is None
@@ -98,7 +89,7 @@ async def test_failures_within_the_window_earn_a_ban(store: Store) -> None:
 
 
 async def test_failures_spread_beyond_the_window_do_not(store: Store) -> None:
-    clock = FakeClock()
+    clock = FakeClock(NOW)
     bans = BanList(store, settings(), clock)
     for _ in range(10):
         assert bans.record_failure("192.0.2.1") is None
@@ -108,7 +99,7 @@ async def test_failures_spread_beyond_the_window_do_not(store: Store) -> None:
 
 
 async def test_failure_counts_stay_bounded_under_100k_addresses(store: Store) -> None:
-    bans = BanList(store, settings(), FakeClock(), max_tracked=1000)
+    bans = BanList(store, settings(), FakeClock(NOW), max_tracked=1000)
     for index in range(100_000):
         bans.record_failure(f"10.{index >> 16 & 255}.{index >> 8 & 255}.{index & 255}")
     assert bans.tracked() == 1000
@@ -116,7 +107,7 @@ async def test_failure_counts_stay_bounded_under_100k_addresses(store: Store) ->
 
 
 async def test_disabled_bans_neither_count_nor_refuse(store: Store) -> None:
-    bans = BanList(store, settings(), FakeClock())
+    bans = BanList(store, settings(), FakeClock(NOW))
     bans.ban("192.0.2.9", "earlier")
     bans.reconfigure(settings(enabled=False))
     for _ in range(10):
@@ -126,7 +117,7 @@ async def test_disabled_bans_neither_count_nor_refuse(store: Store) -> None:
 
 
 async def test_reload_keeps_counts_unless_the_threshold_changes(store: Store) -> None:
-    bans = BanList(store, settings(), FakeClock())
+    bans = BanList(store, settings(), FakeClock(NOW))
     bans.record_failure("192.0.2.1")
     bans.reconfigure(settings(duration=60))
     assert bans.failures("192.0.2.1") == 1
@@ -135,11 +126,11 @@ async def test_reload_keeps_counts_unless_the_threshold_changes(store: Store) ->
 
 
 async def test_bans_are_stored_and_lifted(store: Store) -> None:
-    bans = BanList(store, settings(), FakeClock())
+    bans = BanList(store, settings(), FakeClock(NOW))
     bans.ban("192.0.2.1", "test")
     await bans.flush()
     assert [b.address for b in await store.bans()] == ["192.0.2.1"]
-    reloaded = BanList(store, settings(), FakeClock())
+    reloaded = BanList(store, settings(), FakeClock(NOW))
     await reloaded.load()
     assert reloaded.banned("192.0.2.1") is not None
     assert await reloaded.lift("192.0.2.1") is True

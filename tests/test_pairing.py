@@ -27,6 +27,7 @@ from osnova_server.services.pairing import (
     derived_address,
     normalise_code,
 )
+from tests.clock import FakeClock
 from tests.conftest import RunningServer, make_config, running_server
 
 SECRET = b"k" * 32
@@ -34,16 +35,6 @@ NOW = 1_900_000_000.0
 CODE_SHAPE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}$")
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 GRANT_KEYS = {"device_id", "access_token", "refresh_token", "token_type", "expires_in"}
-
-
-class FakeClock:
-    """A wall clock the test moves by hand."""
-
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # -- helpers other test modules use ------------------------------------------------------------
@@ -77,7 +68,7 @@ async def refused_code(client: OsnovaClient, code: str) -> RpcCallError:
 @pytest.fixture
 def clock() -> FakeClock:
     """A fresh fake clock."""
-    return FakeClock()
+    return FakeClock(NOW)
 
 
 @pytest.fixture

@@ -13,25 +13,15 @@ from osnova_server.security.ratelimit import (
     TokenBucket,
     retry_after_header,
 )
+from tests.clock import FakeClock
 
-
-class FakeClock:
-    """A monotonic clock the test moves by hand, so no test sleeps."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+START = 1000.0
 
 
 @pytest.fixture
 def clock() -> FakeClock:
     """A fresh fake clock."""
-    return FakeClock()
+    return FakeClock(START)
 
 
 def test_burst_then_refusal(clock: FakeClock) -> None:
@@ -168,7 +158,7 @@ def test_idle_seconds_shorter_than_refill_is_clamped(clock: FakeClock) -> None:
 def test_sweeping_never_changes_an_answer(monkeypatch: pytest.MonkeyPatch) -> None:
     """A limiter sweeping on every take answers exactly like one that keeps every bucket."""
     rng = random.Random(1234)
-    clock = FakeClock()
+    clock = FakeClock(START)
     keeper = RateLimiter(rate=5.0, burst=4, idle_seconds=1e12, clock=clock)
     sweeper = RateLimiter(rate=5.0, burst=4, clock=clock)
     monkeypatch.setattr(ratelimit, "SWEEP_EVERY", 1)

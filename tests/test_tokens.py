@@ -20,26 +20,17 @@ from osnova_server.security.tokens import (
     TokenInvalid,
     generate_secret_hex,
 )
+from tests.clock import FakeClock
 
 SECRET = b"s" * 32
 OTHER_SECRET = b"o" * 32
 NOW = 1_800_000_000.0
 
 
-class FakeClock:
-    """A wall clock the test moves by hand."""
-
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     """A fresh fake clock."""
-    return FakeClock()
+    return FakeClock(NOW)
 
 
 @pytest.fixture
