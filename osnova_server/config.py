@@ -58,6 +58,10 @@ class ServerSection:
     shutdown_timeout: int = 10
     # Seconds a WebSocket without an Authorization header has to send its `auth` message.
     ws_auth_timeout: float = 10.0
+    # Host names accepted in the Host header besides IPs, localhost, this machine's name (also
+    # NAME.local) and the advertised host; anything else gets 421 (DNS rebinding).
+    allowed_hosts: list[str] = field(default_factory=list)
+    max_clients_per_device: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +115,14 @@ class LimitsSection:
     max_body_bytes: int = 1_048_576
     max_ws_message_bytes: int = 1_048_576
     max_batch: int = 100
+    max_connections: int = 512
+    max_connections_per_address: int = 64
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keepalive_timeout: float = 75.0
+    max_response_bytes: int = 8_388_608
+    max_ws_queue_bytes: int = 8_388_608
+    max_concurrent_fetches: int = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +149,42 @@ class BanSection:
     max_failures: int = 10
     window: int = 600
     duration: int = 3600
+    # Addresses or networks never banned: local monitoring and the CLI.
+    ignore: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSection:
+    """[store]: where durable state lives; empty url means SQLite in state_dir."""
+
+    url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSection:
+    """[cluster]: state shared between processes through Redis; empty redis_url means one process."""
+
+    redis_url: str = ""
+    instance_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TracingSection:
+    """[tracing]: OpenTelemetry spans, exported over OTLP/HTTP."""
+
+    enabled: bool = False
+    otlp_endpoint: str = ""
+    service_name: str = "osnova-server"
+    sample_ratio: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoverySection:
+    """[discovery]: the mDNS (DNS-SD) advertisement phones find the server by."""
+
+    # "auto": advertise unless bound to loopback only; or true / false.
+    mdns: bool | str = "auto"
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +201,10 @@ class Config:
     apps: AppsSection = field(default_factory=AppsSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     ban: BanSection = field(default_factory=BanSection)
+    store: StoreSection = field(default_factory=StoreSection)
+    cluster: ClusterSection = field(default_factory=ClusterSection)
+    tracing: TracingSection = field(default_factory=TracingSection)
+    discovery: DiscoverySection = field(default_factory=DiscoverySection)
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -233,6 +285,11 @@ _TYPE_NAMES: Final[dict[Any, str]] = {
 
 def _check_type(where: str, value: Any, expected: Any, problems: list[str]) -> Any:
     """Return `value` if it has the TOML type the field expects, else record why not."""
+    if expected == bool | str:
+        if isinstance(value, (bool, str)):
+            return value
+        problems.append(f'{where} must be true, false or "auto", not {_toml_repr(value)}')
+        return None
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected in _TYPE_NAMES:
@@ -354,6 +411,21 @@ def validate(config: Config) -> list[str]:
         problems.append(f"[logging] format must be \"json\" or \"text\", not {config.logging.format!r}")
     if config.ban.max_failures < 1 or config.ban.window < 1 or config.ban.duration < 1:
         problems.append("[ban] max_failures, window and duration must each be at least 1")
+    for network in config.ban.ignore:
+        problems.extend(_network_problem("[ban] ignore", network))
+    if config.server.max_clients_per_device < 1:
+        problems.append("[server] max_clients_per_device must be at least 1")
+    for key in ("max_connections", "max_connections_per_address", "max_response_bytes",
+                "max_ws_queue_bytes", "max_concurrent_fetches"):
+        if getattr(config.limits, key) < 1:
+            problems.append(f"[limits] {key} must be at least 1")
+    for key in ("header_timeout", "body_timeout", "keepalive_timeout"):
+        if not getattr(config.limits, key) > 0:
+            problems.append(f"[limits] {key} must be above 0 seconds")
+    if not 0.0 <= config.tracing.sample_ratio <= 1.0:
+        problems.append(f"[tracing] sample_ratio must be from 0.0 to 1.0, not {config.tracing.sample_ratio}")
+    if isinstance(config.discovery.mdns, str) and config.discovery.mdns != "auto":
+        problems.append(f'[discovery] mdns must be true, false or "auto", not {config.discovery.mdns!r}')
     for origin in config.cors.allowed_origins:
         if origin != "*" and not origin.startswith(("http://", "https://")):
             problems.append(f"[cors] allowed_origins entry {origin!r} must be \"*\" or start with http:// or https://")

@@ -588,3 +588,28 @@ def test_config_error_lists_problems() -> None:
         "[server] max_clients must be at least 1, not 0; set it to 1 or more",
         "[server] idle_timeout must be at least 1 second",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("mdns = true", True), ("mdns = false", False), ('mdns = "auto"', "auto")],
+)
+def test_discovery_mdns_takes_a_boolean_or_auto(tmp_path: Path, text: str, expected: bool | str) -> None:
+    """[discovery] mdns is true, false or "auto"; the three round-trip through the loader."""
+    path = _write(tmp_path / "server.toml", f"[discovery]\n{text}\n")
+    assert config_module.load(path).discovery.mdns == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('mdns = "yes"', "[discovery] mdns must be true, false or \"auto\", not 'yes'"),
+        ("mdns = 1", '[discovery] mdns must be true, false or "auto", not 1'),
+    ],
+)
+def test_discovery_mdns_refuses_anything_else(tmp_path: Path, text: str, problem: str) -> None:
+    """Any other value of [discovery] mdns is one clear line."""
+    path = _write(tmp_path / "server.toml", f"[discovery]\n{text}\n")
+    with pytest.raises(ConfigError) as raised:
+        config_module.load(path)
+    assert raised.value.problems == [problem]

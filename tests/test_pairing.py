@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from osnova_server import config as config_module
-from osnova_server.cli import local_ssl_context
+from osnova_server.cli.common import local_ssl_context
 from osnova_server.client import OsnovaClient, RpcCallError
 from osnova_server.config import Config
 from osnova_server.errors import INVALID_PARAMS, UNAUTHORIZED, InvalidParams, Unauthorized
