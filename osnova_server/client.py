@@ -82,6 +82,18 @@ class OsnovaClient:
         except TimeoutError:
             raise TransportError(f"no answer from {self.base_url} in time") from None
 
+    async def get_json(self, path: str) -> Any:
+        """GET a JSON route such as /status; any refusal or outage is a TransportError."""
+        try:
+            async with self._session.get(f"{self.base_url}{path}", headers=self._headers(), ssl=self.ssl) as response:
+                if response.status != 200:
+                    raise TransportError(f"HTTP {response.status} from {path}", response.status)
+                return codec.loads(await response.read())
+        except aiohttp.ClientConnectionError as err:
+            raise TransportError(f"cannot reach {self.base_url}: {err}") from None
+        except TimeoutError:
+            raise TransportError(f"no answer from {self.base_url} in time") from None
+
     async def call(self, method: str, params: Any = None) -> Any:
         """Call one method and return its result, raising RpcCallError on an error answer."""
         request: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": next(self._ids)}

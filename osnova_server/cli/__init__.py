@@ -11,13 +11,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from osnova_server.cli import devices, rpc, serve, setup
+from osnova_server import __version__
+from osnova_server.cli import apps, devices, rpc, serve, setup, status
 from osnova_server.cli.common import EXIT_FAILURE, PROG, CommandError, Parser
 
 __all__ = ["build_parser", "main"]
 
 # The order `--help` lists the command groups in.
-_GROUPS = (setup, serve, rpc, devices)
+_GROUPS = (setup, serve, status, rpc, devices, apps)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog=PROG, description="The Osnova home-server daemon.")
     parser.add_argument("--config", metavar="PATH", help="config file (default: $OSNOVA_CONFIG, "
                         "else /etc/osnova/server.toml if it exists, else embedded defaults)")
+    parser.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}",
+                        help="print the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     commands.required = True
     for group in _GROUPS:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import ssl
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
 if TYPE_CHECKING:
     from osnova_server.client import OsnovaClient
@@ -19,6 +20,8 @@ EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
 PROG: Final = "osnova-server"
+
+T = TypeVar("T")
 
 
 class CommandError(Exception):
@@ -101,8 +104,8 @@ def local_client(config: Config) -> OsnovaClient:
     return OsnovaClient(local_url(config), admin_token(config, 120), ssl_context=local_ssl_context(config))
 
 
-def call_server(config: Config, method: str, params: Any = None, *, show_code: bool = False) -> Any:
-    """Call one method as admin on the running server; any failure becomes a one-line CommandError.
+def with_server(config: Config, use: Callable[[OsnovaClient], Awaitable[T]], *, show_code: bool = False) -> T:
+    """Run `use` with an admin client of the running server; any failure becomes a one-line CommandError.
 
     `rpc` shows the JSON-RPC error code, for scripts; the friendlier commands show the sentence only.
     """
@@ -110,18 +113,27 @@ def call_server(config: Config, method: str, params: Any = None, *, show_code: b
 
     from osnova_server.client import RpcCallError, TransportError
 
-    async def call() -> Any:
+    async def run() -> T:
         async with local_client(config) as client:
-            return await client.call(method, params)
+            return await use(client)
 
     try:
-        return asyncio.run(call())
+        return asyncio.run(run())
     except RpcCallError as err:
         raise CommandError(f"error {err.code}: {err.message}" if show_code else err.message) from None
     except TransportError as err:
         if err.status is None:
             raise CommandError(f"cannot reach {local_url(config)}; is `{PROG} serve` running?") from None
         raise CommandError(str(err)) from None
+
+
+def call_server(config: Config, method: str, params: Any = None, *, show_code: bool = False) -> Any:
+    """Call one method as admin on the running server; any failure becomes a one-line CommandError."""
+
+    async def call(client: OsnovaClient) -> Any:
+        return await client.call(method, params)
+
+    return with_server(config, call, show_code=show_code)
 
 
 def positive(text: str) -> int:

@@ -1,0 +1,113 @@
+"""`osnova-server status` and `--version`/`-V`, against a real server and against none."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from osnova_server import __version__
+from osnova_server.config import Config
+from osnova_server.security.tls import certificate_fingerprint, certificate_not_after, generate_self_signed
+from osnova_server.timestamps import rfc3339, utc_now
+from tests.conftest import RunningServer, cli, free_port, make_config, running_server, write_config
+
+NO_ENV_SECRET = {"OSNOVA_JWT_SECRET": ""}
+
+
+def server_config(tmp_path: Path, *, tls: bool = False) -> Config:
+    """A config on a fixed free loopback port (the CLI reads the port from the file)."""
+    state = tmp_path / "state"
+    sections: dict[str, dict[str, object]] = {"server": {"bind_address": f"127.0.0.1:{free_port()}", "state_dir": str(state)}}
+    if tls:
+        cert, key = tmp_path / "server.crt", tmp_path / "server.key"
+        generate_self_signed(cert, key)
+        sections["tls"] = {"enabled": True, "cert_path": str(cert), "key_path": str(key)}
+    return make_config(state, **sections)
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V", "version"])
+def test_version_flags(flag: str) -> None:
+    """`--version`, `-V` and `version` print the same line and exit 0."""
+    result = cli(flag)
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"osnova-server {__version__}\n", "")
+
+
+async def _status(path: Path, *args: str) -> tuple[int, str, str]:
+    """Run `status ARGS` in a thread while the server runs in this loop."""
+    done = await asyncio.to_thread(cli, "--config", str(path), "status", *args, env=NO_ENV_SECRET)
+    return done.returncode, done.stdout, done.stderr
+
+
+async def _pair_and_revoke_one(running: RunningServer) -> None:
+    """Two devices paired, one of them revoked."""
+    async with running.client(admin=True, ssl_context=False) as admin:
+        for name in ("phone", "tablet"):
+            code = (await admin.call("pairing.start", {"name": name}))["pairing"]["code"]
+            grant = await admin.call("pairing.complete", {"token": code})
+        await admin.call("devices.revoke", {"device_id": grant["device_id"]})
+
+
+async def test_status_of_a_running_tls_server(tmp_path: Path) -> None:
+    """The human summary names version, uptime, addresses, TLS expiry, fingerprint, counts and services."""
+    config = server_config(tmp_path, tls=True)
+    path = write_config(tmp_path / "server.toml", config)
+    async with running_server(config) as running:
+        await _pair_and_revoke_one(running)
+        code, out, err = await _status(path)
+        assert (code, err) == (0, ""), err
+        lines = out.splitlines()
+        port = config.port
+        expires = rfc3339(certificate_not_after(Path(config.tls.cert_path)))
+        assert re.fullmatch(rf"osnova-server {re.escape(__version__)}: (ok|degraded)", lines[0])
+        assert re.fullmatch(r"uptime        \d+ s", lines[1])
+        assert lines[2] == "address       (not set; pairing derives one from the bind address)"
+        assert lines[3] == f"this machine  https://127.0.0.1:{port}"
+        days = (certificate_not_after(Path(config.tls.cert_path)) - utc_now()).days
+        assert lines[4] in {f"tls           on; certificate expires {expires} (in {d} days)" for d in (days - 1, days)}
+        assert lines[5] == f"fingerprint   {certificate_fingerprint(Path(config.tls.cert_path))}"
+        assert lines[6] == "devices       2 paired: 1 active, 1 revoked"
+        assert lines[7] == "apps          0 installed"
+        assert lines[8] == "connections   0 of 5 WebSockets, 0 devices seen in the last 5 minutes"
+        assert lines[9:11] == ["services", "  NAME       KIND         STATUS"]
+        assert [line.split()[0] for line in lines[11:]] == ["database", "scheduler", "tls", "disk"]
+
+        async with running.client(admin=True, ssl_context=False) as admin:
+            await admin.call("config.setServer", {"address": "https://osnova.home.arpa:8443"})
+        code, out, err = await _status(path, "--json")
+        assert (code, err) == (0, "")
+        status = json.loads(out)
+        assert set(status) == {
+            "status", "version", "uptime", "services", "address", "local_url", "tls", "fingerprint", "devices",
+            "apps", "connections", "max_connections", "active_sessions",
+        }
+        assert status["address"] == "https://osnova.home.arpa:8443"
+        assert status["tls"] == {"enabled": True, "certificate_expires_at": expires}
+        assert status["devices"] == {"paired": 2, "active": 1, "revoked": 1}
+        assert [s["name"] for s in status["services"]] == ["database", "scheduler", "tls", "disk"]
+
+
+async def test_status_without_tls_shows_the_identity_fingerprint(tmp_path: Path) -> None:
+    """Without TLS the fingerprint is the server identity's, as pairing shows it."""
+    config = server_config(tmp_path)
+    path = write_config(tmp_path / "server.toml", config)
+    async with running_server(config) as running:
+        code, out, _ = await _status(path)
+        assert code == 0
+        assert "tls           off" in out.splitlines()
+        assert f"fingerprint   {running.runtime.identity.fingerprint}" in out.splitlines()
+
+
+def test_status_when_no_server_answers_exits_1(tmp_path: Path) -> None:
+    """Nothing listening: exit 1 and one line saying so."""
+    config = server_config(tmp_path)
+    path = write_config(tmp_path / "server.toml", config)
+    result = cli("--config", str(path), "status", env=NO_ENV_SECRET)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"osnova-server: cannot reach http://127.0.0.1:{config.port}; is `osnova-server serve` running?\n"
+    )
+    assert cli("--config", str(path), "status", "--json", env=NO_ENV_SECRET).returncode == 1
