@@ -23,6 +23,10 @@ from osnova_server.runtime import Runtime
 from osnova_server.security.tokens import Scope
 from osnova_server.server import Server
 from osnova_server.web.keys import STATE_KEY
+from tests import services
+from tests.services import free_port
+
+__all__ = ["free_port"]
 
 TEST_SECRET = "0123456789abcdef0123456789abcdef0123456789abcdef"
 
@@ -168,15 +172,6 @@ class ServerProcess:
         return self.process.returncode, err
 
 
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def server_process() -> Iterator[Callable[..., ServerProcess]]:
     """Start server processes; every one still running at the end is stopped."""
@@ -190,3 +185,111 @@ def server_process() -> Iterator[Callable[..., ServerProcess]]:
     yield start
     for process in started:
         process.stop()
+
+
+# -- real engines for cluster mode (tests/services.py) ----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def engines_dir() -> Iterator[Path]:
+    """One scratch dir per test session (per xdist worker) for the engines' files."""
+    import shutil
+
+    path = services.scratch_dir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_session(engines_dir: Path) -> Iterator[services.RedisServer]:
+    """One redis-server for the whole session (per worker); tests flush it."""
+    reason = services.missing("redis-server", "redis-cli")
+    if reason:
+        pytest.skip(reason)
+    directory = engines_dir / "redis"
+    directory.mkdir()
+    server = services.RedisServer(directory)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_session: services.RedisServer) -> str:
+    """The URL of an empty Redis."""
+    redis_session.flush()
+    return redis_session.url
+
+
+@pytest.fixture(scope="session")
+def pg_template(engines_dir: Path) -> Path:
+    """A PostgreSQL data directory made by initdb once per session, copied by each server."""
+    reason = services.missing("postgresql")
+    if reason:
+        pytest.skip(reason)
+    directory = engines_dir / "pg-template"
+    directory.mkdir()
+    return services.make_pg_template(directory)
+
+
+@pytest.fixture(scope="session")
+def postgres_session(engines_dir: Path, pg_template: Path) -> Iterator[services.PostgresServer]:
+    """One PostgreSQL server for the whole session (per worker); each test gets its own database."""
+    directory = engines_dir / "pg-session"
+    directory.mkdir()
+    server = services.PostgresServer(directory, pg_template)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres_session: services.PostgresServer) -> str:
+    """The URL of a fresh, empty PostgreSQL database."""
+    return postgres_session.new_database()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[services.RedisServer]:
+    """A redis-server of this test's own, which the test may stop and start."""
+    reason = services.missing("redis-server", "redis-cli")
+    if reason:
+        pytest.skip(reason)
+    server = services.RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_postgres(engines_dir: Path, pg_template: Path) -> Iterator[services.PostgresServer]:
+    """A PostgreSQL server of this test's own, which the test may stop and start."""
+    import shutil
+    import uuid
+
+    directory = engines_dir / f"pg-{uuid.uuid4().hex[:8]}"
+    directory.mkdir()
+    server = services.PostgresServer(directory, pg_template)
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def haproxy(tmp_path: Path) -> Iterator[Callable[[list[int]], services.HAProxy]]:
+    """Start HAProxy in front of the given loopback ports; stopped at the end."""
+    reason = services.missing("haproxy")
+    if reason:
+        pytest.skip(reason)
+    started: list[services.HAProxy] = []
+
+    def start(backends: list[int]) -> services.HAProxy:
+        proxy = services.HAProxy(tmp_path, backends)
+        proxy.start()
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
