@@ -31,6 +31,7 @@ from osnova_server.services.devices import DeviceRegistry
 from osnova_server.services.identity import Identity, load_or_create_identity
 from osnova_server.services.pairing import PairingCodes
 from osnova_server.services.settings import ServerSettings
+from osnova_server.statelock import StateLock
 from osnova_server.store import Store
 
 _LOGGER = logging.getLogger(__name__)
@@ -105,6 +106,9 @@ async def open_runtime(config: Config) -> AsyncIterator[Runtime]:
     async with AsyncExitStack() as stack:
         state_dir = config.state_dir
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Before anything in the state dir is read or written: a second server stops here.
+        lock = StateLock.acquire(state_dir)
+        stack.callback(lock.release)
         secret = load_or_create_secret(config)
         store = await Store.open(state_dir)
         stack.push_async_callback(store.close)

@@ -28,6 +28,7 @@ from osnova_server.config import Config, ConfigError
 from osnova_server.logs import LoggingHandle, setup_logging
 from osnova_server.security.secret import configured_secret
 from osnova_server.security.tls import TlsError, create_ssl_context, reload_ssl_context
+from osnova_server.statelock import StateDirBusy, StateDirLockError
 from osnova_server.store import StoreError
 from osnova_server.web.access_log import AccessLog
 from osnova_server.web.keys import STATE_KEY
@@ -100,7 +101,7 @@ class Server:
             await self.runner.setup()
         except ConfigError as err:
             raise StartupError("\n".join(err.problems), EXIT_USAGE) from None
-        except StoreError as err:
+        except (StoreError, StateDirBusy, StateDirLockError) as err:
             raise StartupError(str(err), EXIT_FAILURE) from None
         site = web.TCPSite(
             self.runner, self.config.host, self.config.port, ssl_context=self.ssl_context, reuse_address=True,
