@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from osnova_server.config import Config
-from osnova_server.metrics import Metrics, metrics_view_for, route_label
+from osnova_server.metrics import Metrics
 from osnova_server.rpc.methods import load_registry
 from osnova_server.rpc.protocol import Dispatcher
 from osnova_server.runtime import Runtime, open_runtime
@@ -18,6 +18,7 @@ from osnova_server.web.errors import setup_errors
 from osnova_server.web.forwarded import setup_forwarded
 from osnova_server.web.headers import setup_headers
 from osnova_server.web.keys import STATE_KEY, ServerState
+from osnova_server.web.metrics import setup_metrics
 from osnova_server.web.routes import setup_routes
 from osnova_server.web.rpc_view import rpc_view
 from osnova_server.web.websocket import setup_websocket
@@ -47,13 +48,8 @@ def create_app(config: Config) -> web.Application:
     setup_routes(app)
     app.router.add_post("/rpc", rpc_view)
     setup_websocket(app)
-    app.router.add_get("/metrics", metrics_view_for(metrics, config.metrics.allow_from))
+    setup_metrics(app, metrics, config.metrics.allow_from)
     setup_cors(app)  # last: it enables CORS on the routes that exist when it runs
-
-    async def count_http(request: web.Request, response: web.StreamResponse) -> None:
-        metrics.observe_http(route_label(request), response.status)
-
-    app.on_response_prepare.append(count_http)
 
     async def runtime_context(app: web.Application) -> AsyncIterator[None]:
         async with open_runtime(config) as opened:

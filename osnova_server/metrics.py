@@ -1,4 +1,6 @@
-"""Prometheus metrics with aioprometheus, and the GET /metrics view that exposes them.
+"""Prometheus metrics with aioprometheus: the collectors and tallies of one server.
+
+`web/metrics.py` serves them on GET /metrics.
 
 Label values come only from bounded sets (registered method names, a fixed list of outcomes,
 route templates, status codes), so no client can grow the number of series by sending odd
@@ -13,23 +15,31 @@ on each `inc` or `observe`; that cost ~5 µs a call, measured, on the hot path.)
 
 from __future__ import annotations
 
-import ipaddress
 from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Final
 
-from aiohttp import hdrs, web
 from aioprometheus import Counter, Gauge, Histogram, Registry
 from aioprometheus.histogram import Histogram as HistogramValue
-from aioprometheus.renderer import render
 
+from osnova_server import __version__, process_metrics
 from osnova_server.rpc.context import Context
-from osnova_server.web.errors import json_error
-from osnova_server.web.keys import REMOTE_KEY
 
 # Seconds; a trivial call takes ~100 µs, a manifest fetch up to the fetch timeout.
+DEVICE_ROLES: Final = ("member", "owner")
 DURATION_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-UNMATCHED_ROUTE: Final = "(unmatched)"
+
+
+@dataclass(frozen=True, slots=True)
+class Household:
+    """What the server keeps, counted at scrape time: devices by role and state, apps, failures, bans."""
+
+    devices: Mapping[tuple[str, bool], int]  # (role, revoked) -> devices
+    apps: int
+    auth_failures: Mapping[str, int]  # reason -> failed authentications since start
+    bans_imposed: int
+    banned_addresses: int
 
 
 class LabelledCounts:
@@ -58,7 +68,8 @@ class Metrics:
 
     __slots__ = (
         "registry", "rpc_requests", "rpc_duration", "http_requests", "active_connections",
-        "ws_messages", "_calls", "_durations", "_answers",
+        "ws_messages", "_calls", "_durations", "_answers", "_process",
+        "devices", "apps", "auth_failures", "bans", "banned",
     )
 
     def __init__(self) -> None:
@@ -77,6 +88,15 @@ class Metrics:
             Counter("ws_messages_total", "WebSocket messages by direction.", registry=registry),
         )
         self.active_connections.set({}, 0)
+        Gauge("osnova_build_info", "The running version; always 1.", registry=registry).set({"version": __version__}, 1)
+        self._process = process_metrics.collectors(registry)
+        self.devices = Gauge("osnova_devices", "Paired devices by role and whether revoked.", registry=registry)
+        self.apps = Gauge("osnova_apps", "Installed apps.", registry=registry)
+        self.auth_failures = Counter(
+            "osnova_auth_failures_total", "Failed authentications by what was presented.", registry=registry,
+        )
+        self.bans = Counter("osnova_bans_total", "Addresses banned since start.", registry=registry)
+        self.banned = Gauge("osnova_banned_addresses", "Addresses banned now.", registry=registry)
         # (method, outcome) -> calls; method -> [count per bucket..., count above the last, sum];
         # (route, status) -> answers.
         self._calls: dict[tuple[str, str], int] = {}
@@ -101,8 +121,11 @@ class Metrics:
         key = (route, status)
         answers[key] = answers.get(key, 0) + 1
 
-    def publish(self) -> None:
-        """Copy the tallies into the aioprometheus collectors, just before they are rendered."""
+    def publish(self, household: Household | None = None) -> None:
+        """Copy the tallies (and what the household holds) into the collectors, just before they are rendered."""
+        process_metrics.publish(self._process)
+        if household is not None:
+            self._publish_household(household)
         for (method, outcome), count in self._calls.items():
             self.rpc_requests.set({"method": method, "outcome": outcome}, count)
         for method, durations in self._durations.items():
@@ -118,29 +141,15 @@ class Metrics:
             self.http_requests.set({"route": route, "status": str(status)}, count)
         self.ws_messages.publish()
 
-
-def route_label(request: web.BaseRequest) -> str:
-    """The matched route template, never the raw path (which a client controls)."""
-    info = getattr(request, "match_info", None)
-    route = getattr(info, "route", None)
-    resource = getattr(route, "resource", None)
-    canonical = getattr(resource, "canonical", None)
-    return canonical if isinstance(canonical, str) and canonical else UNMATCHED_ROUTE
-
-
-def metrics_view_for(metrics: Metrics, allow_from: Sequence[str]) -> web.Handler:  # type: ignore[name-defined]
-    """Build the GET /metrics view, refusing addresses outside `allow_from` with 403."""
-    networks = [ipaddress.ip_network(network, strict=False) for network in allow_from]
-
-    async def metrics_view(request: web.Request) -> web.Response:
-        try:
-            address = ipaddress.ip_address(request[REMOTE_KEY])
-        except ValueError:
-            address = None
-        if address is None or not any(address in network for network in networks):
-            return json_error(403, "metrics are served only to [metrics] allow_from addresses")
-        metrics.publish()
-        body, headers = render(metrics.registry, request.headers.getall(hdrs.ACCEPT, []))
-        return web.Response(body=body, headers=headers)
-
-    return metrics_view
+    def _publish_household(self, household: Household) -> None:
+        """Set the gauges of devices, apps and bans and the failure counters."""
+        # Every (role, revoked) pair is set, so a count that falls to 0 shows 0 rather than its old value.
+        for role in sorted({*DEVICE_ROLES, *(role for role, _ in household.devices)}):
+            for revoked in (False, True):
+                labels = {"role": role, "revoked": "true" if revoked else "false"}
+                self.devices.set(labels, household.devices.get((role, revoked), 0))
+        self.apps.set({}, household.apps)
+        for reason, count in household.auth_failures.items():
+            self.auth_failures.set({"reason": reason}, count)
+        self.bans.set({}, household.bans_imposed)
+        self.banned.set({}, household.banned_addresses)

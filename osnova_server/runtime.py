@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
 import aiojobs
 
@@ -38,6 +38,9 @@ _LOGGER = logging.getLogger(__name__)
 
 ACTIVE_SESSION_WINDOW: Final = 300.0
 
+# What a failed authentication presented: the label values of osnova_auth_failures_total.
+AuthFailure = Literal["authorization_header", "access_token", "websocket_auth", "pairing_code", "refresh_token"]
+
 
 @dataclass(slots=True)
 class Runtime:
@@ -61,6 +64,8 @@ class Runtime:
     connection_count: Callable[[], int] = lambda: 0
     # device id -> wall-clock time it was last seen with a valid token.
     last_seen: dict[str, float] = field(default_factory=dict)
+    # reason -> failed authentications since start, for /metrics.
+    auth_failures: dict[str, int] = field(default_factory=dict)
 
     @property
     def uptime(self) -> float:
@@ -83,8 +88,9 @@ class Runtime:
         cutoff = time.time() - ACTIVE_SESSION_WINDOW
         return sum(1 for seen in self.last_seen.values() if seen >= cutoff)
 
-    def record_auth_failure(self, remote: str) -> None:
-        """Count a failed authentication from `remote` towards a ban."""
+    def record_auth_failure(self, remote: str, reason: AuthFailure) -> None:
+        """Count a failed authentication from `remote` towards a ban, and in the metrics."""
+        self.auth_failures[reason] = self.auth_failures.get(reason, 0) + 1
         self.bans.record_failure(remote)
 
     def call_observer(self, metrics: Metrics) -> CallObserver:

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
+import resource
 import secrets
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aioprometheus.renderer import render
 
+from osnova_server import __version__
 from osnova_server.metrics import DURATION_BUCKETS, Metrics
 from osnova_server.rpc.protocol import UNKNOWN_METHOD
 from tests.conftest import RunningServer, make_config, running_server
+from tests.test_apps import manifest
 
 SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -143,7 +149,15 @@ async def test_promtool_finds_no_problem_in_the_real_output(osnova: RunningServe
         await client.call("status.get")
         await client.post({"jsonrpc": "2.0", "method": "nope", "id": 1})
         await client.post({"jsonrpc": "2.0", "method": "apps.uninstall", "id": 1})
+        code = (await client.call("pairing.start"))["pairing"]["code"]
+        await client.call("pairing.complete", {"token": code})
+        await client.post({"jsonrpc": "2.0", "method": "auth.refresh", "params": ["wrong"], "id": 1})
+    assert await post_rpc(osnova, "{}", "not.a.jwt") == 401
+    osnova.runtime.bans.ban("192.0.2.1", "test")
     _, text = await scrape(osnova)
+    for name in ("process_cpu_seconds_total", "osnova_build_info", "osnova_devices", "osnova_apps",
+                 "osnova_auth_failures_total", "osnova_bans_total", "osnova_banned_addresses"):
+        assert f"\n{name}" in text, name
     checked = await asyncio.to_thread(
         subprocess.run, ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30,
     )
@@ -189,3 +203,57 @@ def test_scraping_twice_shows_totals_not_doubled_counts() -> None:
     assert value(second, "rpc_request_duration_seconds_sum", method="status.get") == pytest.approx(0.006)
     assert value(second, "http_requests_total", route="/rpc", status="200") == 2
     assert value(second, "ws_messages_total", direction="in") == 2
+
+
+async def test_process_and_build_info_are_exported(osnova: RunningServer) -> None:
+    """process_* as every exporter has them, and osnova_build_info naming the version."""
+    samples = parse((await scrape(osnova))[1])
+    assert value(samples, "osnova_build_info", version=__version__) == 1
+    assert 0 < value(samples, "process_cpu_seconds_total") <= sum(os.times()[:2]) + 0.01
+    assert 10_000_000 < value(samples, "process_resident_memory_bytes") < value(samples, "process_virtual_memory_bytes")
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(50)]
+    try:
+        more = parse((await scrape(osnova))[1])
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert value(more, "process_open_fds") - value(samples, "process_open_fds") >= 50
+    assert value(samples, "process_max_fds") == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    started = value(samples, "process_start_time_seconds")
+    assert time.time() - 3600 < started <= time.time()
+    assert abs(started - Path("/proc/self").stat().st_ctime) < 5  # /proc/self is made when the process starts
+
+
+async def test_devices_apps_auth_failures_and_bans(state_dir: Path, tmp_path: Path) -> None:
+    """Gauges follow pairing, revocation and installs; failed authentications are counted by reason; bans too."""
+    config = make_config(state_dir, ban={"max_failures": 3, "ignore": []})
+    (tmp_path / "notes.json").write_text(json.dumps(manifest()))
+    async with running_server(config) as server:
+        samples = parse((await scrape(server, "127.0.0.2"))[1])
+        for revoked in ("true", "false"):
+            assert ("osnova_devices", frozenset({("role", "member"), ("revoked", revoked)})) in samples
+        assert value(samples, "osnova_apps") == 0
+        assert value(samples, "osnova_bans_total") == 0 and value(samples, "osnova_banned_addresses") == 0
+        async with server.client(admin=True) as admin:
+            for _ in range(3):
+                code = (await admin.call("pairing.start"))["pairing"]["code"]
+                grant = await admin.call("pairing.complete", {"token": code})
+            await admin.call("devices.revoke", {"device_id": grant["device_id"]})
+            await admin.call("apps.install", {"manifest_uri": (tmp_path / "notes.json").as_uri()})
+            answer = await admin.post({"jsonrpc": "2.0", "method": "auth.refresh", "params": {"refresh_token": "x"}, "id": 1})
+            assert answer["error"]["code"] == -32002
+        assert await post_rpc(server, '{"jsonrpc":"2.0","method":"status.get","id":1}', "not.a.jwt") == 401
+        assert await post_rpc(server, '{"jsonrpc":"2.0","method":"status.get","id":1}', "not.a.jwt") == 401
+        samples = parse((await scrape(server, "127.0.0.2"))[1])
+        assert value(samples, "osnova_devices", role="member", revoked="false") == 2
+        assert value(samples, "osnova_devices", role="member", revoked="true") == 1
+        assert value(samples, "osnova_apps") == 1
+        assert value(samples, "osnova_auth_failures_total", reason="refresh_token") == 1
+        assert value(samples, "osnova_auth_failures_total", reason="access_token") == 2
+        # The third failure from 127.0.0.1 banned it (so this test scrapes from 127.0.0.2).
+        assert value(samples, "osnova_bans_total") == 1
+        assert value(samples, "osnova_banned_addresses") == 1
+        assert await post_rpc(server, "{}", None) == 403
+        await server.runtime.bans.lift("127.0.0.1")
+        samples = parse((await scrape(server, "127.0.0.2"))[1])
+        assert value(samples, "osnova_bans_total") == 1 and value(samples, "osnova_banned_addresses") == 0

@@ -42,7 +42,7 @@ class BanList:
 
     __slots__ = (
         "_bans", "_duration", "_enabled", "_failures", "_lock", "_max_failures",
-        "_max_tracked", "_store", "_unsaved", "_wakeup", "_window", "clock",
+        "_max_tracked", "_store", "_unsaved", "_wakeup", "_window", "clock", "imposed",
     )
 
     def __init__(
@@ -56,6 +56,8 @@ class BanList:
         # Public so tests can move time; wall-clock because bans outlive the process.
         self.clock = clock
         self._max_tracked = max_tracked
+        # Bans imposed since start, for /metrics.
+        self.imposed = 0
         self._bans: dict[str, BanRecord] = {}
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
         self._unsaved: dict[str, BanRecord] = {}
@@ -120,6 +122,7 @@ class BanList:
             del self._bans[next(iter(self._bans))]
         self._bans[address] = record
         self._unsaved[address] = record
+        self.imposed += 1
         self._wakeup.set()
         _LOGGER.warning("banned %s until %s: %s", address, from_epoch(record.banned_until), reason)
         audit("ban", address=address, reason=reason, failures=failures, until=from_epoch(record.banned_until))

@@ -41,13 +41,13 @@ def setup_auth(app: web.Application) -> None:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             audit("auth", outcome="refused", reason="not a bearer token", remote=request[REMOTE_KEY])
-            runtime.record_auth_failure(request[REMOTE_KEY])
+            runtime.record_auth_failure(request[REMOTE_KEY], "authorization_header")
             return unauthorized("the Authorization header must be `Bearer <token>`")
         try:
             claims = runtime.tokens.verify(token)
         except TokenInvalid as err:
             audit("auth", outcome="refused", reason=err.reason, remote=request[REMOTE_KEY])
-            runtime.record_auth_failure(request[REMOTE_KEY])
+            runtime.record_auth_failure(request[REMOTE_KEY], "access_token")
             return unauthorized(f"invalid access token: {err.reason}")
         request[CLAIMS_KEY] = claims
         request[TOKEN_KEY] = token

@@ -209,7 +209,7 @@ async def _authenticate(connection: ClientConnection, runtime: Runtime) -> tuple
         claims = runtime.tokens.verify(token)
     except TokenInvalid as err:
         audit("auth", outcome="refused", reason=err.reason, remote=connection.address, transport="ws")
-        runtime.record_auth_failure(connection.address)
+        runtime.record_auth_failure(connection.address, "websocket_auth")
         connection.close(WS_UNAUTHORIZED, f"invalid access token: {err.reason}")
         return None
     return claims, request_id

@@ -19,6 +19,6 @@ async def auth_refresh(ctx: Context, refresh_token: str) -> dict[str, Any]:
     try:
         grant = await ctx.runtime.devices.refresh(refresh_token, ctx.remote)
     except Unauthorized:
-        ctx.runtime.record_auth_failure(ctx.remote)
+        ctx.runtime.record_auth_failure(ctx.remote, "refresh_token")
         raise
     return grant.to_json()

@@ -34,6 +34,6 @@ async def pairing_complete(ctx: Context, token: str, device_name: str | None = N
     try:
         grant = await ctx.runtime.devices.pair(token, device_name, ctx.remote)
     except Unauthorized:
-        ctx.runtime.record_auth_failure(ctx.remote)
+        ctx.runtime.record_auth_failure(ctx.remote, "pairing_code")
         raise
     return grant.to_json()
