@@ -73,6 +73,6 @@ async def test_audit_lines_never_carry_secrets(
 async def test_ban_is_audited(osnova: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=AUDIT_LOGGER_NAME)
     for _ in range(osnova.config.ban.max_failures):
-        osnova.runtime.record_auth_failure("192.0.2.10")
+        osnova.runtime.record_auth_failure("192.0.2.10", "access_token")
     (ban,) = [f for f in audit_fields(caplog.records) if f["event"] == "ban"]
     assert ban["address"] == "192.0.2.10" and ban["failures"] == osnova.config.ban.max_failures
