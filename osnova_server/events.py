@@ -18,7 +18,14 @@ APPS_INSTALLED: Final = "apps.installed"
 APPS_UNINSTALLED: Final = "apps.uninstalled"
 DEVICES_REVOKED: Final = "devices.revoked"
 CONFIG_CHANGED: Final = "config.changed"
-TOPICS: Final = frozenset({APPS_INSTALLED, APPS_UNINSTALLED, DEVICES_REVOKED, CONFIG_CHANGED})
+# For the admin page: a device appeared, changed role, or was forgotten.
+DEVICES_PAIRED: Final = "devices.paired"
+DEVICES_ROLE_CHANGED: Final = "devices.roleChanged"
+DEVICES_REMOVED: Final = "devices.removed"
+TOPICS: Final = frozenset({
+    APPS_INSTALLED, APPS_UNINSTALLED, DEVICES_REVOKED, CONFIG_CHANGED,
+    DEVICES_PAIRED, DEVICES_ROLE_CHANGED, DEVICES_REMOVED,
+})
 
 
 @dataclass(frozen=True, slots=True)

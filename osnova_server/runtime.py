@@ -17,12 +17,14 @@ from typing import Final, Literal
 import aiojobs
 
 from osnova_server.config import Config
-from osnova_server.events import EventBus
+from osnova_server.errors import Unauthorized
+from osnova_server.events import Event, EventBus
 from osnova_server.logs import AUDIT_LOGGER_NAME, audit_call
 from osnova_server.metrics import Metrics
 from osnova_server.rpc.context import Context
 from osnova_server.rpc.protocol import CallObserver
 from osnova_server.security.ratelimit import RateLimiter
+from osnova_server.security.roles import Role, receives
 from osnova_server.security.secret import load_or_create_secret
 from osnova_server.security.tokens import Claims, TokenAuthority
 from osnova_server.services.apps import AppCatalog
@@ -83,6 +85,22 @@ class Runtime:
         if claims.device_id is not None:
             self.last_seen[claims.device_id] = time.time()
 
+    def device_role(self, device_id: str) -> Role:
+        """A device's role at this moment; Unauthorized (-32002) once it is revoked or removed."""
+        return self.devices.role_of(device_id)
+
+    def receives(self, claims: Claims | None, event: Event) -> bool:
+        """Whether the holder of `claims` may be pushed `event` (CONTRACT 4's event rules)."""
+        if claims is None:
+            return False
+        if claims.device_id is None:
+            return True
+        try:
+            role: Role | None = self.devices.role_of(claims.device_id)
+        except Unauthorized:
+            role = None
+        return receives(role, claims.device_id, event)
+
     def active_sessions(self) -> int:
         """Distinct devices seen in the last five minutes."""
         cutoff = time.time() - ACTIVE_SESSION_WINDOW
@@ -122,7 +140,9 @@ async def open_runtime(config: Config) -> AsyncIterator[Runtime]:
         stack.push_async_callback(scheduler.close)
         identity = await asyncio.to_thread(load_or_create_identity, state_dir)
         events = EventBus()
-        tokens = TokenAuthority(secret, config.auth.token_expiry)
+        tokens = TokenAuthority(
+            secret, config.auth.token_expiry, known_device=lambda device_id: store.device(device_id) is not None,
+        )
         bans = BanList(store, config.ban)
         await bans.load()
         pairing = PairingCodes(secret)

@@ -21,6 +21,8 @@ from typing import Any, Final
 
 import aiosqlite
 
+from osnova_server.security.roles import DEFAULT_DEVICE_ROLE, Role
+
 _LOGGER = logging.getLogger(__name__)
 
 DATABASE_NAME: Final = "osnova.db"
@@ -69,6 +71,12 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     ALTER TABLE devices ADD COLUMN revoked_at TEXT;
     """,
+    # 3: device roles (devices paired before roles existed are members), and who paired each
+    # (NULL for those: it was not recorded).
+    """
+    ALTER TABLE devices ADD COLUMN role TEXT NOT NULL DEFAULT 'member';
+    ALTER TABLE devices ADD COLUMN paired_by TEXT;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -114,13 +122,18 @@ class DeviceRecord:
     last_seen: str | None
     revoked: bool
     revoked_at: str | None = None
+    role: Role = DEFAULT_DEVICE_ROLE
+    # "admin", the id of the device that issued the code, or None (paired before it was recorded).
+    paired_by: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The `devices.list` shape of CONTRACT 4."""
         return {
             "device_id": self.device_id,
             "name": self.name,
+            "role": self.role.value,
             "paired_at": self.paired_at,
+            "paired_by": self.paired_by,
             "last_seen": self.last_seen,
             "revoked": self.revoked,
         }
@@ -233,7 +246,7 @@ class Store:
         ) as cursor:
             self._apps = {row[0]: _app(row) async for row in cursor}
         async with self._db.execute(
-            "SELECT device_id, name, paired_at, last_seen, revoked, revoked_at FROM devices"
+            "SELECT device_id, name, paired_at, last_seen, revoked, revoked_at, role, paired_by FROM devices"
         ) as cursor:
             self._devices = {row[0]: _device(row) async for row in cursor}
 
@@ -323,8 +336,12 @@ class Store:
         """Register a freshly paired device together with its first refresh token."""
         await self._write([
             (
-                "INSERT INTO devices (device_id, name, paired_at, last_seen, revoked) VALUES (?, ?, ?, ?, 0)",
-                (device.device_id, device.name, device.paired_at, device.last_seen),
+                (
+                    "INSERT INTO devices (device_id, name, paired_at, last_seen, revoked, role, paired_by)"
+                    " VALUES (?, ?, ?, ?, 0, ?, ?)"
+                ),
+                (device.device_id, device.name, device.paired_at, device.last_seen, device.role.value,
+                 device.paired_by),
             ),
             (
                 "INSERT INTO refresh_tokens (lookup, device_id, hash, created_at) VALUES (?, ?, ?, ?)",
@@ -343,6 +360,23 @@ class Store:
         if current is not None and not current.revoked:
             self._devices[device_id] = _replace_device(current, revoked=True, revoked_at=revoked_at)
         return changed > 0
+
+    async def set_device_role(self, device_id: str, role: Role) -> bool:
+        """Change a device's role; whether it exists."""
+        changed = await self._write([("UPDATE devices SET role = ? WHERE device_id = ?", (role.value, device_id))])
+        current = self._devices.get(device_id)
+        if current is not None:
+            self._devices[device_id] = _replace_device(current, role=role)
+        return changed > 0
+
+    async def delete_device(self, device_id: str) -> bool:
+        """Forget a device and its refresh tokens; whether it existed."""
+        removed = await self._write([
+            ("DELETE FROM refresh_tokens WHERE device_id = ?", (device_id,)),
+            ("DELETE FROM devices WHERE device_id = ?", (device_id,)),
+        ]) > 0
+        self._devices.pop(device_id, None)
+        return removed
 
     async def refresh_token(self, lookup: str) -> RefreshRecord | None:
         """The refresh token row whose lookup key matches, rotated or not."""
@@ -439,7 +473,7 @@ def _app(row: Any) -> AppRecord:
 
 def _device(row: Any) -> DeviceRecord:
     """A DeviceRecord from a row of the devices table."""
-    return DeviceRecord(row[0], row[1], row[2], row[3], bool(row[4]), row[5])
+    return DeviceRecord(row[0], row[1], row[2], row[3], bool(row[4]), row[5], Role(row[6]), row[7])
 
 
 def _replace_device(device: DeviceRecord, **changes: Any) -> DeviceRecord:

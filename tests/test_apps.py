@@ -24,9 +24,9 @@ from osnova_server.errors import (
 )
 from osnova_server.events import APPS_INSTALLED, APPS_UNINSTALLED, Event
 from osnova_server.security.tls import generate_self_signed
-from osnova_server.security.tokens import Scope
 from tests.conftest import RunningServer, make_config, running_server
 from tests.servers import bound_loopback_socket, stream_forever
+from tests.test_pairing import pair_device
 
 FETCH_TIMEOUT: Final = 1.0
 TWO_MIB: Final = 2 * 1_048_576
@@ -196,8 +196,8 @@ async def test_install_from_the_https_host(osnova: RunningServer, host: Manifest
     assert app["manifest_uri"] == f"{host.https}/notes.json"
 
 
-async def test_a_device_token_may_install_over_https(osnova: RunningServer, host: ManifestHost) -> None:
-    device_token = osnova.runtime.tokens.issue(Scope.DEVICE, "phone-1")[0]
+async def test_an_owner_device_may_install_over_https(osnova: RunningServer, host: ManifestHost) -> None:
+    device_token = (await pair_device(osnova, role="owner"))["access_token"]
     assert await install(osnova, f"{host.https}/notes.json", device_token) == "ant://notes"
     assert [app["id"] for app in await call(osnova, "apps.list")] == ["ant://notes"]
 
@@ -345,13 +345,14 @@ async def test_bad_manifest_uris_are_refused(
     assert len(events) == 1  # the good install only
 
 
-async def test_a_device_token_may_not_read_server_files(
+async def test_an_owner_device_may_not_read_server_files(
     osnova: RunningServer, files: Path, events: list[Event]
 ) -> None:
     secret_file = files / "secret.json"
     secret_file.write_text(json.dumps(manifest(description="TOP-SECRET")))
     os.chmod(secret_file, 0o600)
-    device_token = osnova.runtime.tokens.issue(Scope.DEVICE, "phone-1")[0]
+    device_token = (await pair_device(osnova, role="owner"))["access_token"]
+    events.clear()  # the pairing's own event
     for uri in (secret_file.as_uri(), (files / "missing.json").as_uri()):
         with pytest.raises(RpcCallError) as refused:
             await install(osnova, uri, device_token)

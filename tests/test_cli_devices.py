@@ -148,3 +148,30 @@ def test_commands_without_a_running_server(tmp_path: Path, args: tuple[str, ...]
     assert code == 1 and out == ""
     assert len(err.strip().splitlines()) == 1
     assert "cannot reach http://127.0.0.1:" in err and "serve` running?" in err
+
+
+def test_pair_role_owner_gives_an_owner_and_devices_list_shows_roles(tmp_path: Path, server_process: Any) -> None:
+    port = free_port()
+    path = write_config(tmp_path / "server.toml", process_config(tmp_path, port))
+    process: ServerProcess = server_process(path)
+    url = f"http://127.0.0.1:{port}"
+    process.wait_ready(url)
+    code, _, err = run_cli(path, "pair", "--role", "admin")
+    assert code == 2 and "invalid choice: 'admin'" in err
+
+    async def redeem(args: tuple[str, ...]) -> str:
+        code, out, err = run_cli(path, "pair", "--json", *args)
+        assert (code, err) == (0, "")
+        async with OsnovaClient(url) as anonymous:
+            grant = await anonymous.call("pairing.complete", {"token": json.loads(out)["pairing"]["code"]})
+        return str(grant["device_id"])
+
+    owner = asyncio.run(redeem(("--role", "owner", "--name", "Anna")))
+    member = asyncio.run(redeem(("--name", "TV")))
+    code, out, _ = run_cli(path, "devices", "list", "--json")
+    assert code == 0
+    assert {d["device_id"]: (d["role"], d["paired_by"]) for d in json.loads(out)} == {
+        owner: ("owner", "admin"), member: ("member", "admin"),
+    }
+    code, out, _ = run_cli(path, "devices", "list")
+    assert code == 0 and "ROLE" in out.splitlines()[0] and " owner " in out and " member " in out

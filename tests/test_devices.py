@@ -20,7 +20,7 @@ from osnova_server.timestamps import from_epoch
 from tests.conftest import RunningServer, running_server
 from tests.test_pairing import pair_device
 
-DEVICE_KEYS = {"device_id", "name", "paired_at", "last_seen", "revoked"}
+DEVICE_KEYS = {"device_id", "name", "role", "paired_at", "paired_by", "last_seen", "revoked"}
 
 
 async def refresh(server: RunningServer, refresh_token: Any) -> dict[str, Any]:
@@ -72,7 +72,9 @@ async def test_reused_refresh_token_revokes_the_device(osnova: RunningServer) ->
     assert (await refused_refresh(osnova, renewed["refresh_token"])).code == UNAUTHORIZED
     device = osnova.runtime.store.device(grant["device_id"])
     assert device is not None and device.revoked
-    assert [(e.topic, e.data) for e in revoked] == [(DEVICES_REVOKED, {"device_id": grant["device_id"]})]
+    assert [(e.topic, e.data) for e in revoked if e.topic == DEVICES_REVOKED] == [
+        (DEVICES_REVOKED, {"device_id": grant["device_id"]})
+    ]
 
 
 async def test_racing_refreshes_with_one_token_revoke_the_device(osnova: RunningServer) -> None:
@@ -137,6 +139,7 @@ async def test_devices_list_shape(osnova: RunningServer) -> None:
     assert all(set(device) == DEVICE_KEYS for device in listed)
     assert {d["device_id"]: d["name"] for d in listed} == {first["device_id"]: "one", second["device_id"]: "two"}
     assert all(d["revoked"] is False and d["paired_at"].endswith("Z") for d in listed)
+    assert all(d["role"] == "member" and d["paired_by"] == "admin" for d in listed)
 
 
 async def test_admin_revokes_a_device(osnova: RunningServer) -> None:
@@ -149,7 +152,7 @@ async def test_admin_revokes_a_device(osnova: RunningServer) -> None:
     assert listed == {victim["device_id"]: True, other["device_id"]: False}
     assert await is_refused(osnova, victim["access_token"])
     assert not await is_refused(osnova, other["access_token"])
-    assert [e.data for e in revoked] == [{"device_id": victim["device_id"]}]
+    assert [e.data for e in revoked if e.topic == DEVICES_REVOKED] == [{"device_id": victim["device_id"]}]
 
 
 async def test_unknown_device_id_is_not_found_and_changes_nothing(osnova: RunningServer) -> None:

@@ -16,7 +16,6 @@ from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_pri
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from osnova_server.client import OsnovaClient
-from osnova_server.security.tokens import Scope
 from osnova_server.server import StartupError
 from osnova_server.services.identity import (
     KEY_NAME,
@@ -26,6 +25,7 @@ from osnova_server.services.identity import (
     load_or_create_identity,
 )
 from tests.conftest import RunningServer, make_config, running_server
+from tests.test_pairing import pair_device
 
 RFC3339_UTC: Final = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 PKCS8_NONE: Final = (serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
@@ -42,7 +42,7 @@ def raw_public_fingerprint(key_path: Path) -> str:
 
 async def test_identity_status_reports_the_key_made_at_first_start(osnova: RunningServer, state_dir: Path) -> None:
     key_path = state_dir / KEY_NAME
-    device_token = osnova.runtime.tokens.issue(Scope.DEVICE, "phone-1")[0]
+    device_token = (await pair_device(osnova))["access_token"]
     async with OsnovaClient(osnova.url, device_token) as client:
         status = await client.call("identity.status")
     assert set(status) == {"initialized", "fingerprint", "created_at"}

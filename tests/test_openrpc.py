@@ -18,7 +18,7 @@ from osnova_server.rpc.context import Context
 from osnova_server.rpc.methods import load_registry
 from osnova_server.rpc.openrpc import OPENRPC_VERSION, build_document, document, schema_for
 from osnova_server.rpc.registry import Registry
-from osnova_server.security.tokens import Scope
+from osnova_server.security.roles import Role
 from tests.conftest import RunningServer
 
 META_SCHEMA_PATH = Path(__file__).parent / "data" / "openrpc" / "openrpc-1.3.2.meta-schema.json"
@@ -114,7 +114,7 @@ def test_json_schema_from_type_hints(hint: Any, schema: dict[str, Any]) -> None:
 def test_a_method_is_described_from_its_declaration() -> None:
     local = Registry()
 
-    @local.method("things.find", errors=(NotFound, FetchFailed))
+    @local.method("things.find", role=Role.MEMBER, errors=(NotFound, FetchFailed))
     async def things_find(ctx: Context, name: str, limit: int = 10, tags: list[str] | None = None) -> list[AppSummary]:
         """Find things by name.
 
@@ -123,12 +123,12 @@ def test_a_method_is_described_from_its_declaration() -> None:
         """
         return []
 
-    @local.method("a.first", scope=Scope.PUBLIC)
+    @local.method("a.first", role=Role.PUBLIC)
     async def a_first(ctx: Context) -> bool:
         """Come first."""
         return True
 
-    @local.method("events.watch", scope=Scope.ADMIN, websocket_only=True)
+    @local.method("events.watch", role=Role.ADMIN, websocket_only=True)
     async def events_watch(ctx: Context, topics: list[str]) -> bool:
         """Watch topics."""
         return True
@@ -147,20 +147,23 @@ def test_a_method_is_described_from_its_declaration() -> None:
          "schema": {"oneOf": [{"type": "array", "items": {"type": "string"}}, {"type": "null"}], "default": None}},
     ]
     assert found["result"] == {"name": "result", "schema": {"type": "array", "items": schema_for(AppSummary)}}
-    assert [error["code"] for error in found["errors"]] == [-32001, -32006, -32602, -32003, -32029, -32603]
+    assert [error["code"] for error in found["errors"]] == [-32001, -32006, -32602, -32002, -32003, -32029, -32603]
     assert found["errors"][0] == {"code": -32001, "message": "Not found"}
     assert found["x-scope"] == "device"
     first, watch = doc["methods"][0], doc["methods"][1]
     assert "description" not in first
     assert [error["code"] for error in first["errors"]] == [-32029, -32603]  # public, no params
     assert (first["x-scope"], watch["x-scope"]) == ("public", "admin")
+    assert (first["x-roles"], watch["x-roles"], found["x-roles"]) == (
+        ["public", "member", "owner", "admin"], ["admin"], ["member", "owner", "admin"],
+    )
     assert (first["x-transports"], watch["x-transports"]) == (["http", "ws"], ["ws"])
 
 
 def test_the_document_is_built_once_and_rebuilt_when_a_method_is_added() -> None:
     local = Registry()
 
-    @local.method("one")
+    @local.method("one", role=Role.MEMBER)
     async def one(ctx: Context) -> int:
         """One."""
         return 1
@@ -168,7 +171,7 @@ def test_the_document_is_built_once_and_rebuilt_when_a_method_is_added() -> None
     first = document(local)
     assert document(local) is first
 
-    @local.method("two")
+    @local.method("two", role=Role.MEMBER)
     async def two(ctx: Context) -> int:
         """Two."""
         return 2

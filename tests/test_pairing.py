@@ -47,9 +47,9 @@ async def start_pairing(server: RunningServer, **params: Any) -> dict[str, Any]:
     return payload
 
 
-async def pair_device(server: RunningServer, name: str | None = None) -> dict[str, Any]:
-    """Pair a new device through the API and return its grant."""
-    payload = await start_pairing(server, **({"name": name} if name else {}))
+async def pair_device(server: RunningServer, name: str | None = None, role: str | None = None) -> dict[str, Any]:
+    """Pair a new device (a member unless `role` says otherwise) through the API and return its grant."""
+    payload = await start_pairing(server, **({"name": name} if name else {}), **({"role": role} if role else {}))
     async with server.client() as anonymous:
         grant: dict[str, Any] = await anonymous.call("pairing.complete", {"token": payload["pairing"]["code"]})
     return grant

@@ -224,7 +224,8 @@ BAD_PARAMS = [
     pytest.param("pairing.start", {"ttl": True}, "Invalid params: 'ttl' must be an integer", id="true-for-int"),
     pytest.param("pairing.start", {"ttl": "300"}, "Invalid params: 'ttl' must be an integer", id="string-for-int"),
     pytest.param("pairing.start", {"ttl": 300.5}, "Invalid params: 'ttl' must be an integer", id="float-for-int"),
-    pytest.param("pairing.start", [None, 300, "x"], "Invalid params: pairing.start takes at most 2 positional params, got 3",
+    pytest.param("pairing.start", [None, 300, "member", "x"],
+                 "Invalid params: pairing.start takes at most 3 positional params, got 4",
                  id="too-many-optional-positional"),
     pytest.param("devices.revoke", {"device_id": 7}, "Invalid params: 'device_id' must be a string", id="int-for-id"),
 ]

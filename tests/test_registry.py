@@ -1,4 +1,4 @@
-"""The method registry and the dispatcher that runs it: binding, type checks, scopes, failures.
+"""The method registry and the dispatcher that runs it: binding, type checks, roles, failures.
 
 These use their own Registry and Dispatcher with methods declared here, so a method that fails
 on purpose never ships in the product.
@@ -18,6 +18,7 @@ from osnova_server.rpc import protocol
 from osnova_server.rpc.context import Context
 from osnova_server.rpc.protocol import BATCH_CONCURRENCY, UNKNOWN_METHOD, Dispatcher
 from osnova_server.rpc.registry import Registry
+from osnova_server.security.roles import Role
 from osnova_server.security.tokens import Claims, Scope, TokenAuthority
 
 SECRET_IN_FAILURE = "hunter2-do-not-leak"
@@ -25,7 +26,7 @@ SECRET_IN_FAILURE = "hunter2-do-not-leak"
 registry = Registry()
 
 
-@registry.method("echo.args")
+@registry.method("echo.args", role=Role.MEMBER)
 async def echo_args(
     ctx: Context, name: str, count: int = 1, tags: list[str] | None = None, ratio: float = 0.5,
 ) -> dict[str, Any]:
@@ -33,7 +34,7 @@ async def echo_args(
     return {"name": name, "count": count, "tags": tags, "ratio": ratio}
 
 
-@registry.method("echo.kinds")
+@registry.method("echo.kinds", role=Role.MEMBER)
 async def echo_kinds(
     ctx: Context, flag: bool, mode: Literal["a", "b"], extra: dict[str, Any], anything: Any, items: list[int],
 ) -> list[Any]:
@@ -41,37 +42,37 @@ async def echo_kinds(
     return [flag, mode, extra, anything, items]
 
 
-@registry.method("open.ping", scope=Scope.PUBLIC)
+@registry.method("open.ping", role=Role.PUBLIC)
 async def open_ping(ctx: Context) -> str:
     """Answer anyone."""
     return "pong"
 
 
-@registry.method("admin.only", scope=Scope.ADMIN)
+@registry.method("admin.only", role=Role.ADMIN)
 async def admin_only(ctx: Context) -> str:
     """Answer admins only."""
     return "yes"
 
 
-@registry.method("events.only", websocket_only=True)
+@registry.method("events.only", role=Role.MEMBER, websocket_only=True)
 async def events_only(ctx: Context) -> str:
     """Answer only on the WebSocket."""
     return ctx.transport
 
 
-@registry.method("broken.unexpected")
+@registry.method("broken.unexpected", role=Role.MEMBER)
 async def broken_unexpected(ctx: Context) -> None:
     """Fail the way a bug does."""
     raise RuntimeError(f"database password is {SECRET_IN_FAILURE}")
 
 
-@registry.method("broken.expected", errors=(NotFound,))
+@registry.method("broken.expected", role=Role.MEMBER, errors=(NotFound,))
 async def broken_expected(ctx: Context, thing: str) -> None:
     """Fail the way a service does, with an RpcError."""
     raise NotFound(f"no thing called {thing}; list them with things.list", data={"thing": thing})
 
 
-@registry.method("broken.result")
+@registry.method("broken.result", role=Role.MEMBER)
 async def broken_result(ctx: Context) -> Any:
     """Return something JSON cannot carry."""
     return {"when": object()}
@@ -88,7 +89,10 @@ def claims(scope: Scope) -> Claims:
 
 def context(scope: Scope | None = Scope.DEVICE, transport: str = "http") -> Context:
     """A context for these methods, which never touch the runtime."""
-    return Context(cast(Any, None), None if scope is None else claims(scope), "127.0.0.1", transport)
+    return Context(
+        cast(Any, None), None if scope is None else claims(scope), "127.0.0.1", transport,
+        role_of=lambda device_id: Role.MEMBER,
+    )
 
 
 class Observed:
@@ -268,7 +272,7 @@ async def test_batch_members_run_concurrently_within_the_bound() -> None:
     peak = 0
     release = asyncio.Event()
 
-    @local.method("slow.wait")
+    @local.method("slow.wait", role=Role.MEMBER)
     async def slow_wait(ctx: Context) -> int:
         """Hold a slot until released."""
         nonlocal running, peak
@@ -312,9 +316,9 @@ async def _sync_ctx(ctx: Context) -> None:
 
 def test_bad_declarations_are_refused_at_import() -> None:
     local = Registry()
-    local.method("dup")(_sync_ctx)
+    local.method("dup", role=Role.MEMBER)(_sync_ctx)
     with pytest.raises(ValueError, match="registered twice"):
-        local.method("dup")(_sync_ctx)
+        local.method("dup", role=Role.MEMBER)(_sync_ctx)
 
     def not_async(ctx: Context) -> None:
         """Not a coroutine function."""
@@ -337,7 +341,12 @@ def test_bad_declarations_are_refused_at_import() -> None:
     ]
     for func, message in declarations:
         with pytest.raises(TypeError, match=message):
-            local.method("bad")(func)
+            local.method("bad", role=Role.MEMBER)(func)
+    # Who may call it is part of every declaration: it cannot be left out or misspelt.
+    with pytest.raises(TypeError, match="role"):
+        local.method("bad")(_sync_ctx)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="role must be a Role"):
+        local.method("bad", role="owner")(_sync_ctx)  # type: ignore[arg-type]
     assert local.get("bad") is None
 
 
@@ -351,6 +360,6 @@ def test_derived_values_are_kept_until_a_method_is_added() -> None:
 
     assert local.derived("count", build) == 0
     assert local.derived("count", build) == 0
-    local.method("one")(_sync_ctx)
+    local.method("one", role=Role.MEMBER)(_sync_ctx)
     assert local.derived("count", build) == 1
     assert builds == [0, 1]

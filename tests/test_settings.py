@@ -10,9 +10,9 @@ import pytest
 from osnova_server.client import OsnovaClient, RpcCallError
 from osnova_server.errors import INVALID_PARAMS
 from osnova_server.events import CONFIG_CHANGED, Event
-from osnova_server.security.tokens import Scope
 from osnova_server.services.settings import SERVER_ADDRESS_KEY, normalize_server_address
 from tests.conftest import RunningServer, make_config, running_server
+from tests.test_pairing import pair_device
 
 ORIGINAL = "https://osnova.lan:8443"
 
@@ -128,8 +128,8 @@ async def test_the_stored_address_overrides_the_config_and_survives_restart(stat
         assert await call(second, "config.getServer") == ORIGINAL
 
 
-async def test_a_device_may_read_and_set_the_address(osnova: RunningServer) -> None:
-    device_token = osnova.runtime.tokens.issue(Scope.DEVICE, "phone-1")[0]
+async def test_an_owner_device_may_read_and_set_the_address(osnova: RunningServer) -> None:
+    device_token = (await pair_device(osnova, role="owner"))["access_token"]
     async with OsnovaClient(osnova.url, device_token) as client:
         assert await client.call("config.setServer", [ORIGINAL]) is True
         assert await client.call("config.getServer") == ORIGINAL

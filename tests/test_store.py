@@ -12,6 +12,7 @@ from typing import Any, Final
 import aiohttp
 import pytest
 
+from osnova_server.security.roles import Role
 from osnova_server.security.tokens import Scope, TokenAuthority
 from osnova_server.store import DATABASE_NAME, MIGRATIONS, SCHEMA_VERSION, BanRecord, Store, StoreError
 from tests.conftest import TEST_SECRET, ServerProcess, cli, free_port, make_config, running_server, write_config
@@ -73,12 +74,14 @@ async def test_a_v1_database_is_migrated_with_its_data_intact(state_dir: Path) -
     assert user_version(path) == 1
     store = await Store.open(state_dir)
     try:
-        assert await store.schema_version() == SCHEMA_VERSION == 2
+        assert await store.schema_version() == SCHEMA_VERSION == 3
         [app] = store.apps()
         assert (app.id, app.version, app.installed_at) == ("ant://notes", "1.2.3", "2026-01-02T03:04:05Z")
         assert app.manifest == NOTES_MANIFEST
         [device] = store.devices()
         assert (device.device_id, device.revoked, device.revoked_at) == ("dev-1", False, None)
+        # Version 3: a device paired before roles existed is a member, paired by no one recorded.
+        assert (device.role, device.paired_by) == (Role.MEMBER, None)
         assert await store.setting("server.address") == "https://osnova.lan:8443"
         # The tables and columns version 2 added work.
         await store.put_ban(BanRecord("192.0.2.1", 2e9, "test", "2026-01-02T03:04:05Z"))
@@ -87,7 +90,7 @@ async def test_a_v1_database_is_migrated_with_its_data_intact(state_dir: Path) -
         assert await store.integrity_check() == "ok"
     finally:
         await store.close()
-    assert user_version(path) == 2
+    assert user_version(path) == 3
 
 
 async def test_a_migrated_database_serves_its_apps_and_settings(state_dir: Path) -> None:
@@ -113,7 +116,7 @@ def make_future_database(state_dir: Path) -> Path:
 
 async def test_a_newer_database_is_refused_with_a_clear_error(state_dir: Path) -> None:
     path = make_future_database(state_dir)
-    with pytest.raises(StoreError, match=r"schema version 3, newer than this osnova-server knows \(2\)"):
+    with pytest.raises(StoreError, match=rf"schema version {SCHEMA_VERSION + 1}, newer than this osnova-server knows \({SCHEMA_VERSION}\)"):
         await Store.open(state_dir)
     assert user_version(path) == SCHEMA_VERSION + 1
 

@@ -31,7 +31,7 @@ def pairing_ttl(text: str) -> int:
 
 def cmd_pair(args: argparse.Namespace) -> int:
     """Ask the running server for a pairing code; print it, its expiry and a QR code of the payload."""
-    params: dict[str, Any] = {"ttl": args.ttl}
+    params: dict[str, Any] = {"ttl": args.ttl, "role": args.role}
     if args.name is not None:
         params["name"] = args.name
     payload = call_server(load_config(args), "pairing.start", params)
@@ -45,6 +45,7 @@ def cmd_pair(args: argparse.Namespace) -> int:
     qr.print_ascii(out=sys.stdout, tty=False)
     print(f"pairing code  {payload['pairing']['code']}")
     print(f"expires at    {payload['pairing']['expiresAt']} (in {args.ttl} s)")
+    print(f"role          {args.role}")
     print(f"server        {payload['server']['address']}")
     print(f"fingerprint   {payload['server']['fingerprint']}")
     print("Scan the QR code with the Osnova app on the new device, or type the code there; it works once.")
@@ -60,10 +61,10 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
     if not devices:
         print(f"no paired devices; pair one with `{PROG} pair`")
         return EXIT_OK
-    rows = [["DEVICE ID", "NAME", "PAIRED", "LAST SEEN", "STATUS"]]
+    rows = [["DEVICE ID", "NAME", "ROLE", "PAIRED", "LAST SEEN", "STATUS"]]
     for device in devices:
         rows.append([
-            device["device_id"], device["name"], device["paired_at"], device["last_seen"] or "-",
+            device["device_id"], device["name"], device["role"], device["paired_at"], device["last_seen"] or "-",
             "revoked" if device["revoked"] else "active",
         ])
     table(rows)
@@ -105,6 +106,8 @@ def register(commands: Any) -> None:
     pair.add_argument("--name", metavar="NAME", help="name of the device to pair (shown in `devices list`)")
     pair.add_argument("--ttl", type=pairing_ttl, default=300, metavar="SECONDS",
                       help="how long the code works, 30 to 3600 (default 300)")
+    pair.add_argument("--role", choices=("member", "owner"), default="member",
+                      help="the role of the device that redeems the code (default member)")
     pair.add_argument("--json", action="store_true", help="print only the pairing payload as JSON")
 
     devices = commands.add_parser("devices", help="list or revoke paired devices", description="Paired devices.")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
+
+from osnova_server.security.roles import Role
 
 if TYPE_CHECKING:
     from osnova_server.runtime import Runtime
@@ -22,7 +25,7 @@ class Subscriber(Protocol):
 class Context:
     """Per-call facts handed to every method as its first argument."""
 
-    __slots__ = ("runtime", "claims", "remote", "transport", "connection")
+    __slots__ = ("runtime", "claims", "remote", "transport", "connection", "_role_of")
 
     def __init__(
         self,
@@ -31,17 +34,30 @@ class Context:
         remote: str,
         transport: str,
         connection: Subscriber | None = None,
+        role_of: Callable[[str], Role] | None = None,
     ) -> None:
         self.runtime = runtime
         self.claims = claims
         self.remote = remote
         self.transport = transport
         self.connection = connection
+        # How a device id becomes its current role: the runtime's devices, unless given.
+        self._role_of = role_of if role_of is not None else runtime.device_role
 
     @property
     def is_admin(self) -> bool:
         """Whether the caller holds an admin token."""
         return self.claims is not None and self.claims.scope == "admin"
+
+    @property
+    def role(self) -> Role:
+        """The caller's role now (looked up on every use); Unauthorized if its device was revoked."""
+        claims = self.claims
+        if claims is None:
+            return Role.PUBLIC
+        if claims.device_id is None:
+            return Role.ADMIN
+        return self._role_of(claims.device_id)
 
     @property
     def device_id(self) -> str | None:

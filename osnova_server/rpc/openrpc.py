@@ -12,7 +12,7 @@ import types
 from typing import Any, Final, Literal, Union, get_args, get_origin, get_type_hints, is_typeddict
 
 from osnova_server import __version__
-from osnova_server.errors import Forbidden, InternalError, InvalidParams, RateLimited, RpcError
+from osnova_server.errors import Forbidden, InternalError, InvalidParams, RateLimited, RpcError, Unauthorized
 from osnova_server.rpc.registry import Method, Registry
 from osnova_server.security.tokens import Scope
 
@@ -86,7 +86,7 @@ def _error_objects(method: Method) -> list[dict[str, Any]]:
     if method.params:
         classes.append(InvalidParams)
     if method.scope is not Scope.PUBLIC:
-        classes.append(Forbidden)
+        classes.extend((Unauthorized, Forbidden))
     classes.extend((RateLimited, InternalError))
     seen: set[int] = set()
     objects = []
@@ -128,6 +128,7 @@ def method_object(method: Method) -> dict[str, Any]:
     described["errors"] = _error_objects(method)
     # Specification extensions: who may call it, and where it is served.
     described["x-scope"] = str(method.scope)
+    described["x-roles"] = method.role.callers()
     described["x-transports"] = ["ws"] if method.websocket_only else ["http", "ws"]
     return described
 

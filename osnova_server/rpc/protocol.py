@@ -188,10 +188,14 @@ class Dispatcher:
         started = _clock()
         outcome = "ok"
         try:
+            # Who calls, re-checked as each call starts (each batch member, each WebSocket
+            # message): a device revoked meanwhile is refused here (-32002), and a role changed
+            # meanwhile applies now.
+            caller = ctx.role
             if method is None or (method.websocket_only and ctx.transport != "ws"):
                 where = " (it is served on the WebSocket /ws only)" if method is not None else ""
                 raise MethodNotFound(f"Method not found: {name}{where}")
-            method.authorize(ctx)
+            method.authorize(caller)
             params = member.get("params")
             # Most calls name a method without params; binding nothing needs no walk.
             kwargs = method.bind(params) if params or method.params else _NO_ARGUMENTS

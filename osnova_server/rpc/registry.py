@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from osnova_server.errors import Forbidden, InvalidParams
-from osnova_server.rpc.context import Context
+from osnova_server.security.roles import Role
 from osnova_server.security.tokens import Scope
 
 T = TypeVar("T")
@@ -48,7 +48,7 @@ class Method:
 
     name: str
     func: MethodFunc
-    scope: Scope
+    role: Role
     params: tuple[Param, ...]
     result: Any
     summary: str
@@ -79,15 +79,25 @@ class Method:
                 raise InvalidParams(f"Invalid params: missing required param {spec.name!r}")
         return kwargs
 
-    def authorize(self, ctx: Context) -> None:
-        """Refuse a caller whose scope is below the method's; public methods admit anyone."""
-        if self.scope is Scope.PUBLIC:
+    @property
+    def scope(self) -> Scope:
+        """The token a caller needs (what `x-scope` published before roles): public, device or admin."""
+        if self.role is Role.PUBLIC:
+            return Scope.PUBLIC
+        return Scope.ADMIN if self.role is Role.ADMIN else Scope.DEVICE
+
+    def authorize(self, caller: Role) -> None:
+        """Refuse (-32003) a caller whose role is below the method's; public methods admit anyone."""
+        if self.role.admits(caller):
             return
-        claims = ctx.claims
-        if claims is None:
+        if caller is Role.PUBLIC:
             raise Forbidden(f"{self.name} needs an access token; pair a device or use `osnova-server token`")
-        if self.scope is Scope.ADMIN and claims.scope is not Scope.ADMIN:
+        if self.role is Role.ADMIN:
             raise Forbidden(f"{self.name} needs an admin token; get one with `osnova-server token`")
+        raise Forbidden(
+            f"{self.name} needs an owner device or an admin token; this device is a {caller}, "
+            "an owner can change that with devices.setRole"
+        )
 
 
 def _scalar_checker(kind: type) -> Checker:
@@ -162,16 +172,19 @@ class Registry:
         self,
         name: str,
         *,
-        scope: Scope = Scope.DEVICE,
+        role: Role,
         errors: tuple[type[Exception], ...] = (),
         websocket_only: bool = False,
     ) -> Callable[[MethodFunc], MethodFunc]:
-        """Register the decorated `async def f(ctx, ...)` under `name`."""
+        """Register the decorated `async def f(ctx, ...)` under `name`, callable by `role` and above.
+
+        `role` has no default: every method states who may call it, so none can be forgotten.
+        """
 
         def register(func: MethodFunc) -> MethodFunc:
             if name in self._methods:
                 raise ValueError(f"method {name} registered twice")
-            self._methods[name] = _describe(name, func, scope, errors, websocket_only)
+            self._methods[name] = _describe(name, func, role, errors, websocket_only)
             self._derived.clear()
             return func
 
@@ -191,7 +204,7 @@ class Registry:
     def is_public(self, name: Any) -> bool:
         """Whether `name` is a method anyone may call without a token."""
         method = self._methods.get(name) if isinstance(name, str) else None
-        return method is not None and method.scope is Scope.PUBLIC
+        return method is not None and method.role is Role.PUBLIC
 
     def __iter__(self) -> Iterator[Method]:
         return iter(sorted(self._methods.values(), key=lambda method: method.name))
@@ -203,11 +216,13 @@ class Registry:
 def _describe(
     name: str,
     func: MethodFunc,
-    scope: Scope,
+    role: Role,
     errors: tuple[type[Exception], ...],
     websocket_only: bool,
 ) -> Method:
     """Read a method's signature, hints and docstring into a `Method`."""
+    if not isinstance(role, Role):
+        raise TypeError(f"{name}: role must be a Role (who may call it), not {role!r}")
     if not inspect.iscoroutinefunction(func):
         raise TypeError(f"{name}: RPC methods must be async functions")
     hints = get_type_hints(func)
@@ -228,7 +243,7 @@ def _describe(
     return Method(
         name=name,
         func=func,
-        scope=scope,
+        role=role,
         params=params,
         result=hints.get("return", Any),
         summary=summary.strip(),

@@ -85,7 +85,7 @@ class TokenInvalid(Exception):
 class TokenAuthority:
     """Issues and verifies access tokens with one shared secret, and knows revoked devices."""
 
-    __slots__ = ("_cache", "_cache_size", "_clock", "_default_ttl", "_revoked", "_secret")
+    __slots__ = ("_cache", "_cache_size", "_clock", "_default_ttl", "_known", "_revoked", "_secret")
 
     def __init__(
         self,
@@ -93,6 +93,7 @@ class TokenAuthority:
         default_ttl: int,
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
+        known_device: Callable[[str], bool] | None = None,
     ) -> None:
         if len(secret) < MIN_SECRET_BYTES:
             raise ValueError(f"the JWT secret must be at least {MIN_SECRET_BYTES} bytes")
@@ -107,6 +108,9 @@ class TokenAuthority:
         # Insertion order: when full, the oldest entry goes first (tokens are verified again).
         self._cache: dict[str, Claims] = {}
         self._revoked: set[str] = set()
+        # Whether a device still exists: a removed device's unexpired tokens are refused after
+        # a restart too, when its id is no longer among the revoked ones read from the store.
+        self._known = known_device
 
     def issue(
         self, scope: Scope, device_id: str | None, ttl: int | None = None
@@ -188,7 +192,9 @@ class TokenAuthority:
             raise TokenInvalid(NOT_YET_VALID)
         if "nbf" in payload and _number(payload["nbf"]) > now + MAX_CLOCK_SKEW:
             raise TokenInvalid(NOT_YET_VALID)
-        if device_id is not None and device_id in self._revoked:
+        if device_id is not None and (
+            device_id in self._revoked or (self._known is not None and not self._known(device_id))
+        ):
             raise TokenInvalid(REVOKED)
 
         claims = Claims(

@@ -18,8 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from osnova_server.errors import NotFound, Unauthorized
-from osnova_server.events import DEVICES_REVOKED, EventBus
+from osnova_server.errors import Forbidden, NotFound, Unauthorized
+from osnova_server.events import (
+    DEVICES_PAIRED,
+    DEVICES_REMOVED,
+    DEVICES_REVOKED,
+    DEVICES_ROLE_CHANGED,
+    EventBus,
+)
 from osnova_server.logs import audit
 from osnova_server.security.credentials import (
     hash_lookup_key,
@@ -27,8 +33,9 @@ from osnova_server.security.credentials import (
     new_refresh_token,
     verify_secret,
 )
+from osnova_server.security.roles import Role
 from osnova_server.security.tokens import Scope, TokenAuthority
-from osnova_server.services.pairing import CodeRefused, PairingCodes, check_name
+from osnova_server.services.pairing import CodeRefused, PairingCode, PairingCodes, check_name
 from osnova_server.store import DeviceRecord, RefreshRecord, Store
 from osnova_server.timestamps import from_epoch
 
@@ -42,6 +49,18 @@ REFRESH_REFUSED: Final = (
     "the refresh token is not valid: it may be mistyped, already used, or its device revoked; "
     "pair the device again with `osnova-server pair`"
 )
+
+
+CALLER_REVOKED: Final = (
+    "this device was revoked, so none of its calls run any more; pair it again with `osnova-server pair`"
+)
+
+
+class CallerRevoked(Unauthorized):
+    """A call of a device that was revoked (or removed) after its request arrived; nothing ran."""
+
+    def __init__(self) -> None:
+        super().__init__(CALLER_REVOKED)
 
 
 class RefreshRefused(Unauthorized):
@@ -104,15 +123,34 @@ class DeviceRegistry:
         except CodeRefused as err:
             audit("pairing.complete", outcome="refused", reason=err.reason, remote=remote)
             raise
+        try:
+            device, grant = await self._register(record, device_name)
+        except BaseException:
+            # Only a pairing that succeeds uses the code up: a failure here leaves it working.
+            self._codes.restore(record)
+            raise
+        audit(
+            "pairing.complete", outcome="ok", device_id=device.device_id, name=device.name, role=device.role.value,
+            paired_by=device.paired_by, remote=remote,
+        )
+        self._events.publish(
+            DEVICES_PAIRED, {"device_id": device.device_id, "name": device.name, "role": device.role.value},
+        )
+        return grant
+
+    async def _register(self, record: PairingCode, device_name: str | None) -> tuple[DeviceRecord, Grant]:
+        """Store a new device with the role its code grants, and mint its first tokens."""
         device_id = str(uuid.uuid4())
         refresh = new_refresh_token()
         now = from_epoch(self.clock())
-        device = DeviceRecord(device_id, record.name or device_name or f"device {device_id[:8]}", now, now, False)
+        device = DeviceRecord(
+            device_id, record.name or device_name or f"device {device_id[:8]}", now, now, False,
+            role=record.role, paired_by=record.issued_by,
+        )
         stored = RefreshRecord(hash_lookup_key(refresh), device_id, await hash_secret(refresh), False)
         await self._store.add_device(device, stored, now)
         access, lifetime = self._tokens.issue(Scope.DEVICE, device_id)
-        audit("pairing.complete", outcome="ok", device_id=device_id, name=device.name, remote=remote)
-        return Grant(device_id, access, refresh, lifetime)
+        return device, Grant(device_id, access, refresh, lifetime)
 
     async def refresh(self, refresh_token: str, remote: str) -> Grant:
         """Trade a refresh token for new tokens; a rotated one presented again revokes its device."""
@@ -140,11 +178,12 @@ class DeviceRegistry:
             raise RefreshRefused("reused")
         fresh = new_refresh_token()
         new = RefreshRecord(hash_lookup_key(fresh), device.device_id, await hash_secret(fresh), False)
+        access, lifetime = self._tokens.issue(Scope.DEVICE, device.device_id)
+        # The last step, and one transaction: the old token is used up only by the success it buys.
         if not await self._store.rotate_refresh_token(lookup, new, from_epoch(self.clock())):
             # A concurrent refresh with the same token won the race: the token was used twice.
             await self._revoke_for_reuse(device.device_id, remote)
             raise RefreshRefused("reused")
-        access, lifetime = self._tokens.issue(Scope.DEVICE, device.device_id)
         audit("auth.refresh", outcome="ok", device_id=device.device_id, remote=remote)
         return Grant(device.device_id, access, fresh, lifetime)
 
@@ -153,14 +192,49 @@ class DeviceRegistry:
         _LOGGER.warning("a rotated refresh token of device %s was presented again; revoking the device", device_id)
         await self.revoke(device_id, by="refresh token reuse", remote=remote)
 
-    def list(self) -> list[dict[str, Any]]:
-        """Every device ever paired, revoked ones included, in the `devices.list` shape."""
-        return [device.to_json() for device in self._store.devices()]
+    def list(self, only: str | None = None) -> list[dict[str, Any]]:
+        """Every device paired and not removed (revoked ones too) in the `devices.list` shape; or just `only`."""
+        return [device.to_json() for device in self._store.devices() if only is None or device.device_id == only]
+
+    def role_of(self, device_id: str) -> Role:
+        """The device's role right now; CallerRevoked once it is revoked or removed."""
+        device = self._store.device(device_id)
+        if device is None or device.revoked or self._tokens.is_revoked(device_id):
+            raise CallerRevoked()
+        return device.role
+
+    def _known(self, device_id: str) -> DeviceRecord:
+        """The device's record, or NotFound naming the id."""
+        device = self._store.device(device_id)
+        if device is None:
+            raise NotFound(f"no paired device has the id {device_id!r}; see `osnova-server devices list`")
+        return device
+
+    async def set_role(self, device_id: str, role: Role, by: str, remote: str) -> None:
+        """Give a device another role; it applies from the device's next call."""
+        device = self._known(device_id)
+        if device.role is role:
+            return
+        await self._store.set_device_role(device_id, role)
+        self._events.publish(DEVICES_ROLE_CHANGED, {"device_id": device_id, "role": role.value})
+        audit("devices.setRole", outcome="ok", device_id=device_id, role=role.value, by=by, remote=remote)
+
+    async def remove(self, device_id: str, by: str, remote: str) -> None:
+        """Forget a revoked device; a live one is refused (revoke it first)."""
+        device = self._known(device_id)
+        if not device.revoked:
+            raise Forbidden(
+                f"device {device_id} is not revoked; revoke it first (devices.revoke), then remove it"
+            )
+        await self._store.delete_device(device_id)
+        self._last_seen.pop(device_id, None)
+        self._flushed.pop(device_id, None)
+        self._events.publish(DEVICES_REMOVED, {"device_id": device_id})
+        audit("devices.remove", outcome="ok", device_id=device_id, by=by, remote=remote)
 
     async def revoke(self, device_id: str, by: str, remote: str) -> None:
         """Refuse the device's tokens from now on and tell its open sockets to close."""
-        if self._store.device(device_id) is None:
-            raise NotFound(f"no paired device has the id {device_id!r}; see `osnova-server devices list`")
+        self._known(device_id)
         # Memory first: from this line on no request of the device is served, even while the
         # store commits (if the commit fails, the device stays refused until a restart).
         self._tokens.revoke_device(device_id)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from osnova_server.errors import InvalidParams, Unauthorized
 from osnova_server.logs import audit
+from osnova_server.security.roles import DEFAULT_DEVICE_ROLE, Role
 from osnova_server.security.tls import certificate_fingerprint
 from osnova_server.timestamps import from_epoch
 
@@ -71,6 +72,8 @@ REFUSED: Final = (
     "after too many wrong tries; run `osnova-server pair` for a new one"
 )
 _KEY_LABEL: Final = b"osnova pairing code v1"
+# What `paired_by` records for a code an admin token issued.
+ISSUED_BY_ADMIN: Final = "admin"
 # Used only to ask the kernel which source address reaches the LAN; no packet is sent.
 _PROBE_V4: Final = ("192.0.2.1", 9)  # TEST-NET-1
 _PROBE_V6: Final = ("2001:db8::1", 9)  # documentation prefix
@@ -78,12 +81,15 @@ _PROBE_V6: Final = ("2001:db8::1", 9)  # documentation prefix
 
 @dataclass(frozen=True, slots=True)
 class PairingCode:
-    """An outstanding code: its digest (never the code), nonce, chosen name and expiry."""
+    """An outstanding code: its digest (never the code), nonce, chosen name, expiry, and what it grants."""
 
     digest: bytes
     nonce: str
     name: str | None
     expires_at: float
+    role: Role = DEFAULT_DEVICE_ROLE
+    # "admin" or the id of the device that issued the code.
+    issued_by: str = ISSUED_BY_ADMIN
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,8 +165,14 @@ class PairingCodes:
         """The keyed digest a canonical code is stored and looked up under."""
         return hmac.new(self._key, canonical.encode("ascii"), hashlib.sha256).digest()
 
-    def issue(self, name: str | None = None, ttl: int = DEFAULT_TTL) -> IssuedCode:
-        """Make a new code for a device to be called `name`, valid for `ttl` seconds."""
+    def issue(
+        self,
+        name: str | None = None,
+        ttl: int = DEFAULT_TTL,
+        role: Role = DEFAULT_DEVICE_ROLE,
+        issued_by: str = ISSUED_BY_ADMIN,
+    ) -> IssuedCode:
+        """Make a new code for a device to be called `name` with `role`, valid for `ttl` seconds."""
         name = check_name(name, "name")
         ttl = check_ttl(ttl)
         self.reap()
@@ -171,12 +183,15 @@ class PairingCodes:
                 break
         if len(self._codes) >= MAX_OUTSTANDING:
             del self._codes[next(iter(self._codes))]
-        record = PairingCode(digest, secrets.token_urlsafe(NONCE_BYTES), name, self.clock() + ttl)
+        record = PairingCode(digest, secrets.token_urlsafe(NONCE_BYTES), name, self.clock() + ttl, role, issued_by)
         self._codes[digest] = record
         return IssuedCode(format_code(raw), record)
 
     def redeem(self, text: str) -> PairingCode:
-        """Use up a code and return its record; raise Unauthorized for any bad code."""
+        """Take a code and return its record; raise Unauthorized for any bad code.
+
+        The caller must `restore` it if the pairing it pays for fails, so only a success uses it up.
+        """
         now = self.clock()
         canonical = normalise_code(text)
         record = self._codes.pop(self._digest(canonical), None) if canonical is not None else None
@@ -199,6 +214,15 @@ class PairingCodes:
             # Nothing left to guess at: earlier slips should not count against the next code.
             self._wrong_tries = 0
         raise CodeRefused(reason)
+
+    def restore(self, record: PairingCode) -> None:
+        """Put back a code that `redeem` took for a pairing that then failed: it works again."""
+        if record.expires_at > self.clock() and record.digest not in self._codes:
+            self._codes[record.digest] = record
+
+    def discard(self, record: PairingCode) -> None:
+        """Withdraw a code whose `pairing.start` failed before its caller saw it."""
+        self._codes.pop(record.digest, None)
 
     def reap(self) -> int:
         """Forget expired codes; return how many were dropped."""

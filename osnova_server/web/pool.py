@@ -302,12 +302,12 @@ class ConnectionPool:
         cutoff = self.clock() - timeout
         return [c for c in self._connections.values() if c.last_activity <= cutoff and not c.tasks]
 
-    def deliver(self, event: Event) -> None:
-        """Queue an event to every subscriber of its topic, encoding it once."""
+    def deliver(self, event: Event, admits: Callable[[Claims | None], bool] | None = None) -> None:
+        """Queue an event to every subscriber of its topic that `admits` (the role rules), encoding it once."""
         topic = event.topic
         data: bytes | None = None
         for connection in list(self._connections.values()):
-            if topic in connection.subscriptions:
+            if topic in connection.subscriptions and (admits is None or admits(connection.claims)):
                 if data is None:
                     data = codec.dumps(event.notification())
                 connection.send(data)

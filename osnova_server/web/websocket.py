@@ -70,7 +70,7 @@ def setup_websocket(app: web.Application) -> None:
         pool.max_clients = runtime.config.server.max_clients
         pool.accepting = True
         runtime.connection_count = pool.__len__
-        listening.append(runtime.events.listen(_event_listener(pool)))
+        listening.append(runtime.events.listen(_event_listener(pool, runtime)))
         reaping.append(await runtime.scheduler.spawn(_reap(pool, runtime)))
 
     async def stop(app: web.Application) -> None:
@@ -327,11 +327,11 @@ def _rate_limited(envelope: Envelope, wait: float) -> Any:
     return answers[0] if answers else None
 
 
-def _event_listener(pool: ConnectionPool) -> Listener:
-    """The event-bus listener: fan events out to subscribers; close a revoked device's sockets."""
+def _event_listener(pool: ConnectionPool, runtime: Runtime) -> Listener:
+    """The event-bus listener: fan events out to subscribers the roles admit; close a revoked device's sockets."""
 
     def listener(event: Event) -> None:
-        pool.deliver(event)
+        pool.deliver(event, lambda claims: runtime.receives(claims, event))
         if event.topic == DEVICES_REVOKED:
             device_id = event.data.get("device_id")
             if isinstance(device_id, str):

@@ -12,25 +12,26 @@ from osnova_server.errors import (
 )
 from osnova_server.rpc.context import Context
 from osnova_server.rpc.methods import REGISTRY as rpc
+from osnova_server.security.roles import Role
 
 
-@rpc.method("apps.list")
+@rpc.method("apps.list", role=Role.MEMBER)
 async def apps_list(ctx: Context) -> list[dict[str, Any]]:
     """List the installed apps, oldest install first."""
     return ctx.runtime.apps.installed()
 
 
-@rpc.method("apps.install", errors=(Forbidden, ManifestInvalid, UnsupportedScheme, FetchFailed))
+@rpc.method("apps.install", role=Role.OWNER, errors=(Forbidden, ManifestInvalid, UnsupportedScheme, FetchFailed))
 async def apps_install(ctx: Context, manifest_uri: str) -> str:
     """Install (or upgrade) the app whose manifest is at `manifest_uri`; return its id.
 
-    `https://` manifests are fetched for any token, `http://` only with `[apps] allow_http`,
-    `ant://` through `[apps] ant_gateway`, and `file://` for admin tokens only.
+    `https://` manifests are fetched for owners and admins, `http://` only with `[apps] allow_http`,
+    `ant://` through `[apps] ant_gateway`, and `file://` for admin tokens only (-32003 otherwise).
     """
-    return await ctx.runtime.apps.install(manifest_uri, allow_file=ctx.is_admin)
+    return await ctx.runtime.apps.install(manifest_uri, allow_file=ctx.role is Role.ADMIN)
 
 
-@rpc.method("apps.uninstall")
+@rpc.method("apps.uninstall", role=Role.OWNER)
 async def apps_uninstall(ctx: Context, app_id: str) -> bool:
     """Remove an installed app; false if it was not installed."""
     return await ctx.runtime.apps.uninstall(app_id)

@@ -7,10 +7,10 @@ from typing import Any
 from osnova_server.errors import Unauthorized
 from osnova_server.rpc.context import Context
 from osnova_server.rpc.methods import REGISTRY as rpc
-from osnova_server.security.tokens import Scope
+from osnova_server.security.roles import Role
 
 
-@rpc.method("auth.refresh", scope=Scope.PUBLIC, errors=(Unauthorized,))
+@rpc.method("auth.refresh", role=Role.PUBLIC, errors=(Unauthorized,))
 async def auth_refresh(ctx: Context, refresh_token: str) -> dict[str, Any]:
     """Rotate a refresh token: the old one stops working, and presenting it again revokes the device.
 

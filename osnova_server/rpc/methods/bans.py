@@ -7,12 +7,12 @@ from typing import Any
 from osnova_server.errors import InvalidParams, NotFound
 from osnova_server.rpc.context import Context
 from osnova_server.rpc.methods import REGISTRY as rpc
-from osnova_server.security.tokens import Scope
+from osnova_server.security.roles import Role
 from osnova_server.services.bans import check_address
 from osnova_server.timestamps import from_epoch
 
 
-@rpc.method("bans.list", scope=Scope.ADMIN)
+@rpc.method("bans.list", role=Role.OWNER)
 async def bans_list(ctx: Context) -> list[dict[str, Any]]:
     """List the addresses banned right now, with until when and why."""
     return [
@@ -22,7 +22,7 @@ async def bans_list(ctx: Context) -> list[dict[str, Any]]:
     ]
 
 
-@rpc.method("bans.lift", scope=Scope.ADMIN, errors=(InvalidParams, NotFound))
+@rpc.method("bans.lift", role=Role.OWNER, errors=(InvalidParams, NotFound))
 async def bans_lift(ctx: Context, address: str) -> bool:
     """Lift the ban on an address and forget its failed attempts; an address not banned is -32001."""
     try:

@@ -6,7 +6,7 @@ from osnova_server.errors import InvalidParams, InvalidRequest
 from osnova_server.events import TOPICS
 from osnova_server.rpc.context import Context, Subscriber
 from osnova_server.rpc.methods import REGISTRY as rpc
-from osnova_server.security.tokens import Scope
+from osnova_server.security.roles import Role
 
 
 def _checked(ctx: Context, topics: list[str]) -> Subscriber:
@@ -22,14 +22,14 @@ def _checked(ctx: Context, topics: list[str]) -> Subscriber:
     return ctx.connection
 
 
-@rpc.method("events.subscribe", scope=Scope.DEVICE, errors=(InvalidParams,), websocket_only=True)
+@rpc.method("events.subscribe", role=Role.MEMBER, errors=(InvalidParams,), websocket_only=True)
 async def events_subscribe(ctx: Context, topics: list[str]) -> bool:
     """Push events of these topics to this WebSocket as `event` notifications."""
     _checked(ctx, topics).subscribe(topics)
     return True
 
 
-@rpc.method("events.unsubscribe", scope=Scope.DEVICE, errors=(InvalidParams,), websocket_only=True)
+@rpc.method("events.unsubscribe", role=Role.MEMBER, errors=(InvalidParams,), websocket_only=True)
 async def events_unsubscribe(ctx: Context, topics: list[str]) -> bool:
     """Stop pushing events of these topics to this WebSocket."""
     _checked(ctx, topics).unsubscribe(topics)

@@ -7,10 +7,11 @@ from typing import Any
 from osnova_server import __version__
 from osnova_server.rpc.context import Context
 from osnova_server.rpc.methods import REGISTRY as rpc
+from osnova_server.security.roles import Role
 from osnova_server.services.status import check_services, overall
 
 
-@rpc.method("status.get")
+@rpc.method("status.get", role=Role.MEMBER)
 async def status_get(ctx: Context) -> dict[str, Any]:
     """Report the server's overall health and each service it depends on."""
     services = await check_services(ctx.runtime)
