@@ -20,7 +20,7 @@ from osnova_server.web.headers import setup_headers
 from osnova_server.web.keys import STATE_KEY, ServerState
 from osnova_server.web.metrics import setup_metrics
 from osnova_server.web.routes import setup_routes
-from osnova_server.web.rpc_view import rpc_view
+from osnova_server.web.rpc_view import openrpc_view, rpc_view
 from osnova_server.web.websocket import setup_websocket
 
 
@@ -47,6 +47,7 @@ def create_app(config: Config) -> web.Application:
 
     setup_routes(app)
     app.router.add_post("/rpc", rpc_view)
+    app.router.add_get("/openrpc.json", openrpc_view, allow_head=True)
     setup_websocket(app)
     setup_metrics(app, metrics, config.metrics.allow_from)
     setup_cors(app)  # last: it enables CORS on the routes that exist when it runs

@@ -79,3 +79,31 @@ def test_a_deep_object_does_not_crash_a_fresh_process() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout.strip()) == (0, "refused")
+
+
+def _outcome(parse: Callable[[Any], Any], raw: bytes) -> tuple[str, Any]:
+    """What parsing `raw` gives: ("value", it) or ("error", the message)."""
+    try:
+        return "value", parse(raw)
+    except ValueError as err:
+        return "error", str(err)
+
+
+SAME_ANSWER = [
+    b'"\\ud800"', b'["\\udfff", 1]', b'{"a": "x\\ud800y"}', b'"\\ud83d\\ude00"', b'{"a" 1}', b'{"a": 1',
+    b"[1,]", b"NaN", b"[1e400]", b"\xff", b"", b'{"id": 18446744073709551616}', b'[-0, 0.0, 1E2, 1e-2]',
+    b"[" * 1024 + b"]" * 1024, b"[" * 1025 + b"]" * 1025, b'{"a": 1, "a": 2}', b'"\\u0000"', b'"tab\there"',
+]
+
+
+@pytest.mark.parametrize("raw", SAME_ANSWER)
+@pytest.mark.parametrize("extra", [b"", b"1234567890123456789"], ids=["plain", "with-19-digits"])
+def test_the_fast_path_answers_exactly_as_the_stdlib_whatever_else_the_message_holds(raw: bytes, extra: bytes) -> None:
+    message = raw if not extra else b'{"x": ' + extra + b', "y": ' + raw + b"}"
+    assert _outcome(codec.loads, message) == _outcome(codec.loads_stdlib, message)
+
+
+def test_a_lone_surrogate_is_read_as_a_string_on_every_path() -> None:
+    # The params checks refuse it with -32602; the parser must not turn it into a parse error.
+    assert codec.loads(b'{"s": "\\ud800"}') == {"s": "\ud800"}
+    assert codec.loads(b'{"s": "\\ud800", "n": 1234567890123456789}') == {"s": "\ud800", "n": 1234567890123456789}

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
+import aiohttp
 import jsonschema
 import pytest
 import referencing
@@ -189,3 +190,20 @@ async def test_rpc_discover_over_http_is_public_valid_and_lists_every_method(osn
     discover = next(method for method in doc["methods"] if method["name"] == "rpc.discover")
     assert discover["x-scope"] == "public"
     assert discover["summary"] == "Describe every method of this server as an OpenRPC 1.3.2 document."
+
+
+async def test_the_document_is_served_at_openrpc_json_to_anyone(osnova: RunningServer, http: aiohttp.ClientSession) -> None:
+    async with osnova.client() as anonymous:
+        discovered = await anonymous.call("rpc.discover")
+    async with http.get(f"{osnova.url}/openrpc.json") as answer:
+        assert answer.status == 200
+        assert answer.content_type == "application/json"
+        served = await answer.json()
+    assert served == discovered
+    assert_valid(served)
+    roles = {method["name"]: method["x-roles"] for method in served["methods"]}
+    assert roles["apps.install"] == ["owner", "admin"]
+    assert roles["apps.list"] == ["member", "owner", "admin"]
+    assert roles["rpc.discover"] == ["public", "member", "owner", "admin"]
+    async with http.post(f"{osnova.url}/openrpc.json", data=b"{}") as refused:
+        assert refused.status == 405

@@ -9,6 +9,7 @@ from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from osnova_server import config as config_module
@@ -332,6 +333,29 @@ async def test_bad_device_name_spends_nothing(osnova: RunningServer) -> None:
         assert osnova.runtime.store.devices() == []
         await anonymous.call("pairing.complete", {"token": code, "device_name": "fine"})
     assert len(osnova.runtime.store.devices()) == 1
+
+
+@pytest.mark.parametrize("digits", ["", "1234567890123456789"], ids=["plain", "with-19-digits"])
+async def test_a_lone_surrogate_device_name_is_invalid_params_and_the_code_still_works(
+    osnova: RunningServer, http: aiohttp.ClientSession, digits: str,
+) -> None:
+    code = (await start_pairing(osnova))["pairing"]["code"]
+    body = (
+        '{"jsonrpc": "2.0", "method": "pairing.complete", "params": {"token": "' + code + '", '
+        '"device_name": "phone\\ud800"}, "id": ' + (digits or "7") + "}"
+    )
+    async with http.post(f"{osnova.url}/rpc", data=body) as answer:
+        assert await answer.json() == {
+            "jsonrpc": "2.0", "id": int(digits or "7"),
+            "error": {"code": INVALID_PARAMS,
+                      "message": "Invalid params: 'device_name' holds a lone UTF-16 surrogate; send valid Unicode text"},
+        }
+    assert osnova.runtime.store.devices() == []
+    assert osnova.runtime.pairing.outstanding() == 1
+    async with osnova.client() as anonymous:
+        grant = await anonymous.call("pairing.complete", {"token": code, "device_name": "phone \U0001f4f1"})
+    device = osnova.runtime.store.device(grant["device_id"])
+    assert device is not None and device.name == "phone \U0001f4f1"
 
 
 async def test_reused_code_is_refused(osnova: RunningServer) -> None:

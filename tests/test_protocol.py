@@ -480,3 +480,87 @@ def test_encode_turns_only_the_unserialisable_result_into_an_internal_error() ->
     answers = [result(object(), 1), result("fine", 2)]
     assert json.loads(protocol.encode(answers)) == [error(-32603, "Internal error", 1), result("fine", 2)]
     assert json.loads(protocol.encode(result({1, 2}, "x"))) == error(-32603, "Internal error", "x")
+
+
+# -- input: one parser's answers, surrogates, whole floats, parse-error sentences ----------------
+
+LONG_DIGITS = "1234567890123456789"  # 19 digits in a row: the run that once sent a body to another parser
+SURROGATE_MESSAGE = "Invalid params: 'address' holds a lone UTF-16 surrogate; send valid Unicode text"
+
+
+@pytest.mark.parametrize("padding", ["", f', "x": {LONG_DIGITS}', ', "x": "' + "[" * 1200 + '"'], ids=[
+    "alone", "with-19-digits", "with-many-brackets",
+])
+@pytest.mark.parametrize("escape", ["\\ud800", "\\udfff", "a\\ud800b", "\\udc00\\ud800"])
+async def test_a_lone_surrogate_in_a_string_param_is_invalid_params_whatever_else_the_body_holds(
+    rpc: RpcPoster, escape: str, padding: str,
+) -> None:
+    before = await rpc.state()
+    body = '{"jsonrpc": "2.0", "method": "config.setServer", "params": {"address": "http://' + escape + '"}, "id": 5'
+    # The padding sits in the request object itself, so it is an unexpected member, not a param.
+    answer = await rpc(body + padding.replace('"x"', '"extra"') + "}")
+    assert answer.status == 200
+    assert answer.json == error(-32602, SURROGATE_MESSAGE, 5)
+    assert await rpc.state() == before
+
+
+@pytest.mark.parametrize("digits", ["", f"{LONG_DIGITS}"])
+async def test_a_lone_surrogate_inside_a_batch_is_refused_member_by_member(rpc: RpcPoster, digits: str) -> None:
+    before = await rpc.state()
+    bad = '{"jsonrpc": "2.0", "method": "pairing.start", "params": {"name": "tv\\ud800"}, "id": 1}'
+    good = '{"jsonrpc": "2.0", "method": "config.getServer", "id": ' + (digits or "2") + "}"
+    answer = await rpc(f"[{bad}, {good}]")
+    assert answer.json == [
+        error(-32602, "Invalid params: 'name' holds a lone UTF-16 surrogate; send valid Unicode text", 1),
+        result(ADDRESS, int(digits or "2")),
+    ]
+    assert await rpc.state() == before
+    assert rpc.server.runtime.pairing.outstanding() == 0
+
+
+@pytest.mark.parametrize("ttl", ["60.0", "6e1", "6.0E1", "600e-1"])
+async def test_whole_floats_are_accepted_where_an_integer_is_expected(rpc: RpcPoster, ttl: str) -> None:
+    answer = await rpc('{"jsonrpc": "2.0", "method": "pairing.start", "params": {"ttl": ' + ttl + '}, "id": 1}')
+    assert "result" in answer.json, answer.json
+    expires = answer.json["result"]["pairing"]["expiresAt"]
+    assert expires.endswith("Z") and rpc.server.runtime.pairing.outstanding() == 1
+
+
+@pytest.mark.parametrize("ttl", ["60.5", "6.01e1", "true", '"60"'])
+async def test_other_numbers_are_still_not_integers(rpc: RpcPoster, ttl: str) -> None:
+    answer = await rpc('{"jsonrpc": "2.0", "method": "pairing.start", "params": {"ttl": ' + ttl + '}, "id": 1}')
+    assert answer.json == error(-32602, "Invalid params: 'ttl' must be an integer", 1)
+    assert rpc.server.runtime.pairing.outstanding() == 0
+
+
+D = LONG_DIGITS
+PARSE_ERRORS = [
+    # (the body, the same mistake in a body that also holds 19 digits in a row, why)
+    pytest.param('{"a" 1}', '{"a" 1, "b": ' + D + "}", "expecting ':' delimiter at line 1, column 6", id="missing-colon"),
+    pytest.param('{"a": 1', '{"a": ' + D, "expecting ',' delimiter at line 1, column " , id="unclosed"),
+    pytest.param("", " " * 3, "expecting value at line 1, column ", id="empty"),
+    pytest.param("[1,]", "[1,]" + " " * 3, "expecting value at line 1, column 4", id="trailing-comma"),
+    pytest.param('{"a": 1}\n{"b": 2}', '{"a": 1}\n{"b": ' + D + "}", "extra data at line 2, column 1", id="two-documents"),
+    pytest.param("[NaN]", "[NaN, " + D + "]", "NaN is not valid JSON", id="nan"),
+    pytest.param("[1e400]", "[1e400, " + D + "]", "the number 1e400 is too large to be finite", id="infinite"),
+    pytest.param(b"\xff", b"\xff" + D.encode(), "the body is not valid UTF-8 (byte 0)", id="not-utf-8"),
+    pytest.param("[" * 100_000, "[" * 100_000 + D, "the JSON nests too deeply", id="deep"),
+]
+
+
+@pytest.mark.parametrize(("plain", "with_digits", "reason"), PARSE_ERRORS)
+async def test_parse_errors_are_whole_sentences_whatever_else_the_body_holds(
+    rpc: RpcPoster, plain: str | bytes, with_digits: str | bytes, reason: str,
+) -> None:
+    before = await rpc.state()
+    messages = []
+    for body in (plain, with_digits):
+        answer = await rpc(body)
+        assert answer.json["error"]["code"] == -32700 and answer.json["id"] is None
+        messages.append(answer.json["error"]["message"])
+    tail = "; send one JSON-RPC request, or an array of them."
+    for message in messages:
+        assert message.startswith(f"Parse error: {reason}") and message.endswith(tail), message
+    if not reason.endswith("column "):
+        assert messages == [f"Parse error: {reason}{tail}"] * 2
+    assert await rpc.state() == before

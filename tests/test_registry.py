@@ -116,7 +116,15 @@ async def call(method: str, params: Any = None, ctx: Context | None = None, disp
 
 # -- binding --------------------------------------------------------------------------------
 
+SURROGATE = "holds a lone UTF-16 surrogate; send valid Unicode text"
+
 GOOD_BINDINGS = [
+    pytest.param({"name": "a", "count": 60.0}, {"name": "a", "count": 60, "tags": None, "ratio": 0.5},
+                 id="whole-float-for-int"),
+    pytest.param({"name": "a", "count": -6e1}, {"name": "a", "count": -60, "tags": None, "ratio": 0.5},
+                 id="exponent-for-int"),
+    pytest.param({"name": "\U0001f600 \u00fc"}, {"name": "\U0001f600 \u00fc", "count": 1, "tags": None, "ratio": 0.5},
+                 id="astral-and-latin"),
     pytest.param({"name": "a"}, {"name": "a", "count": 1, "tags": None, "ratio": 0.5}, id="name-defaults"),
     pytest.param(["a"], {"name": "a", "count": 1, "tags": None, "ratio": 0.5}, id="position-defaults"),
     pytest.param(["a", 3, ["x", "y"], 2], {"name": "a", "count": 3, "tags": ["x", "y"], "ratio": 2.0},
@@ -136,6 +144,7 @@ async def test_params_bind_by_name_or_position(params: Any, expected: dict[str, 
     answer = await call("echo.args", params)
     assert answer == {"jsonrpc": "2.0", "result": expected, "id": 1}
     assert type(answer["result"]["ratio"]) is float
+    assert type(answer["result"]["count"]) is int
 
 
 async def test_other_hint_kinds_bind() -> None:
@@ -156,8 +165,17 @@ BAD_BINDINGS = [
                  id="true-for-int"),
     pytest.param("echo.args", {"name": "a", "count": "1"}, "Invalid params: 'count' must be an integer",
                  id="string-for-int"),
-    pytest.param("echo.args", {"name": "a", "count": 1.0}, "Invalid params: 'count' must be an integer",
-                 id="float-for-int"),
+    pytest.param("echo.args", {"name": "a", "count": 1.5}, "Invalid params: 'count' must be an integer",
+                 id="fraction-for-int"),
+    pytest.param("echo.args", {"name": "a\ud800"}, f"Invalid params: 'name' {SURROGATE}", id="surrogate-str"),
+    pytest.param("echo.args", {"name": "a", "tags": ["x", "\udfff"]}, f"Invalid params: 'tags[1]' {SURROGATE}",
+                 id="surrogate-list-item"),
+    pytest.param("echo.kinds", [True, "a", {"k": ["\ud800"]}, None, []], f"Invalid params: 'extra.k[0]' {SURROGATE}",
+                 id="surrogate-in-object"),
+    pytest.param("echo.kinds", [True, "a", {"\ud800": 1}, None, []], f"Invalid params: 'extra' {SURROGATE}",
+                 id="surrogate-object-key"),
+    pytest.param("echo.kinds", [True, "a", {}, "\ud800", []], f"Invalid params: 'anything' {SURROGATE}",
+                 id="surrogate-any"),
     pytest.param("echo.args", {"name": "a", "ratio": False}, "Invalid params: 'ratio' must be a number",
                  id="bool-for-float"),
     pytest.param("echo.args", {"name": "a", "tags": "x"}, "Invalid params: 'tags' must be an array",

@@ -1,12 +1,20 @@
-"""JSON in and out of the wire, through orjson when the `speedups` extra is installed.
+"""JSON in and out of the wire: one parser's answers, served fast by orjson where it agrees.
 
-Both paths agree on what they accept: strict JSON (no NaN, no numbers too large to be finite),
-UTF-8 only, nesting bounded. A 100,000-deep document must be a parse error, never a crashed
-worker: the stdlib parser turns its RecursionError into a ValueError, but orjson 3.8 crashes
-the whole process on a deep enough object (measured: 100,000 levels of `{"a":` segfaults). So a
-message goes to orjson only when it cannot nest deeper than `ORJSON_MAX_BRACKETS` (it has no
-more brackets than that in all), and to the stdlib otherwise. Counting brackets is a memchr-speed
-pass; the fast path keeps every ordinary request and batch.
+What a message means, and why it is refused, is the standard library's `json` (with NaN,
+Infinity and numbers too large to be finite refused, UTF-8 only, nesting bounded): the same
+body always gets the same answer, whatever else it holds. orjson (the `speedups` extra) only
+makes that faster: a message goes to it when orjson is known to read it exactly as the stdlib
+does, and whenever orjson refuses a message the stdlib reads it again and has the last word.
+So a lone surrogate escape (`"\\ud800"`), which orjson refuses and the stdlib reads as a
+string, reaches the params checks (-32602) whether or not the body also holds 19 digits, and a
+parse error is always the stdlib's whole sentence with its line and column.
+
+orjson reads a message only when it has no run of 19 digits (orjson reads integers beyond 64
+bits as floats, which would change such an id on its way back) and no more brackets than
+`ORJSON_MAX_BRACKETS` (so it nests no deeper than the stdlib can, and a document that is too
+deep is the stdlib's parse error, never a crashed worker: orjson 3.8 segfaulted on 100,000
+levels of `{"a":`). Both checks are memchr-speed passes; the fast path keeps every ordinary
+request and batch.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ def _finite_float(text: str) -> float:
     """A JSON number as a float, refusing ones too large to be finite (as orjson does)."""
     value = float(text)
     if math.isinf(value):
-        raise ValueError("number is infinity when parsed as double")
+        raise ValueError(f"the number {text[:32]} is too large to be finite")
     return value
 
 
@@ -61,26 +69,27 @@ def _suits_orjson(raw: bytes | str) -> bool:
 
 
 def loads(raw: bytes | str) -> Any:
-    """Parse JSON; raise ValueError (with a short reason) on anything that is not valid JSON."""
+    """Parse JSON; raise ValueError saying why, in a sentence, on anything that is not valid JSON."""
     if orjson is not None and _suits_orjson(raw):
         try:
             return orjson.loads(raw)
-        except orjson.JSONDecodeError as err:
-            raise ValueError(str(err).split(":", 1)[0]) from None
+        except orjson.JSONDecodeError:
+            pass  # the stdlib decides, and says why in its own words
     return loads_stdlib(raw)
 
 
 def loads_stdlib(raw: bytes | str) -> Any:
-    """Parse JSON with the standard library, with the same refusals as the orjson path."""
+    """Parse JSON with the standard library: the meaning every message has, whichever path reads it."""
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         return _decoder.decode(text)
-    except UnicodeDecodeError:
-        raise ValueError("str is not valid UTF-8") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"the body is not valid UTF-8 (byte {err.start})") from None
     except RecursionError:
-        raise ValueError("nesting too deep") from None
+        raise ValueError("the JSON nests too deeply") from None
     except json.JSONDecodeError as err:
-        raise ValueError(err.msg) from None
+        reason = err.msg[:1].lower() + err.msg[1:]
+        raise ValueError(f"{reason} at line {err.lineno}, column {err.colno}") from None
 
 
 def dumps(value: Any) -> bytes:

@@ -57,7 +57,7 @@ def decode(raw: bytes | str, max_batch: int) -> Envelope:
     try:
         message = codec.loads(raw)
     except ValueError as err:
-        return Envelope([], False, ParseError(f"Parse error: {err}"))
+        return Envelope([], False, ParseError(f"Parse error: {err}; send one JSON-RPC request, or an array of them."))
     if isinstance(message, list):
         if not message:
             return Envelope([], True, InvalidRequest("Invalid Request: empty batch"))

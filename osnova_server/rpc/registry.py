@@ -100,13 +100,45 @@ class Method:
         )
 
 
+def has_lone_surrogate(text: str) -> bool:
+    """Whether a str holds a UTF-16 surrogate on its own (JSON's `"\\ud800"`), which no UTF-8 can carry."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _no_lone_surrogates(name: str, value: Any) -> None:
+    """Refuse (-32602, naming the param) any string inside `value` that holds a lone surrogate."""
+    if isinstance(value, str):
+        if has_lone_surrogate(value):
+            raise InvalidParams(f"Invalid params: {name!r} holds a lone UTF-16 surrogate; send valid Unicode text")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _no_lone_surrogates(f"{name}[{index}]", item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_lone_surrogates(name, key)
+            _no_lone_surrogates(f"{name}.{key}", item)
+
+
 def _scalar_checker(kind: type) -> Checker:
-    """A checker for str, int, float or bool that refuses JSON's look-alikes (true is not 1)."""
+    """A checker for str, int, float or bool that refuses JSON's look-alikes (true is not 1).
+
+    A whole number written as a float (`60.0`, `6e1`) is an integer: JSON has one number type.
+    """
 
     def check(name: str, value: Any) -> Any:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
+        if kind is int and type(value) is float and value.is_integer():
+            return int(value)
         if isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
+            if kind is str:
+                _no_lone_surrogates(name, value)
             return value
         raise InvalidParams(f"Invalid params: {name!r} must be {_TYPE_NAMES[kind]}")
 
@@ -116,7 +148,12 @@ def _scalar_checker(kind: type) -> Checker:
 def _checker_for(annotation: Any) -> Checker:
     """Build the checker for a parameter's type hint."""
     if annotation is Any:
-        return lambda name, value: value
+
+        def check_any(name: str, value: Any) -> Any:
+            _no_lone_surrogates(name, value)
+            return value
+
+        return check_any
     if annotation in _TYPE_NAMES:
         return _scalar_checker(annotation)
     origin = get_origin(annotation)
@@ -139,7 +176,7 @@ def _checker_for(annotation: Any) -> Checker:
 
         return check_literal
     if origin is list or annotation is list:
-        check_item = _checker_for(args[0]) if args else (lambda name, value: value)
+        check_item = _checker_for(args[0] if args else Any)
 
         def check_list(name: str, value: Any) -> Any:
             if not isinstance(value, list):
@@ -152,6 +189,7 @@ def _checker_for(annotation: Any) -> Checker:
         def check_dict(name: str, value: Any) -> Any:
             if not isinstance(value, dict):
                 raise InvalidParams(f"Invalid params: {name!r} must be an object")
+            _no_lone_surrogates(name, value)
             return value
 
         return check_dict

@@ -1,4 +1,4 @@
-"""POST /rpc: JSON-RPC 2.0 over HTTP.
+"""POST /rpc: JSON-RPC 2.0 over HTTP; and GET /openrpc.json, the document `rpc.discover` answers.
 
 The order of checks is the contract's: the token was verified by the auth middleware before the
 body was read; then the body is read within its size limit and parsed whatever its Content-Type;
@@ -12,7 +12,7 @@ from typing import Final
 
 from aiohttp import web
 
-from osnova_server.rpc import protocol
+from osnova_server.rpc import codec, openrpc, protocol
 from osnova_server.rpc.context import Context
 from osnova_server.web.auth import unauthorized
 from osnova_server.web.keys import CLAIMS_KEY, REMOTE_KEY, STATE_KEY
@@ -47,4 +47,13 @@ async def rpc_view(request: web.Request) -> web.StreamResponse:
     if len(body) > COMPRESS_MIN_BYTES:
         # aiohttp picks gzip or deflate from Accept-Encoding, and sends identity without one.
         response.enable_compression()
+    return response
+
+
+async def openrpc_view(request: web.Request) -> web.Response:
+    """Serve the OpenRPC document to anyone, as `rpc.discover` does (encoded once, kept)."""
+    registry = request.app[STATE_KEY].dispatcher.registry
+    body = registry.derived("openrpc.json", lambda built: codec.dumps(openrpc.document(built)))
+    response = web.Response(body=body, content_type=JSON_CONTENT_TYPE)
+    response.enable_compression()
     return response
