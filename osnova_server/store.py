@@ -22,6 +22,7 @@ from typing import Any, Final
 import aiosqlite
 
 from osnova_server.security.roles import DEFAULT_DEVICE_ROLE, Role
+from osnova_server.snapshot import SnapshotError, save_pre_migration_copy
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -224,6 +225,19 @@ class Store:
             raise StoreError(
                 f"database {self.path} has schema version {version}, newer than this "
                 f"osnova-server knows ({SCHEMA_VERSION}); install the newer version again"
+            )
+        if 0 < version < SCHEMA_VERSION:
+            # A way back for the household: the database as the previous version left it.
+            try:
+                copy = await asyncio.to_thread(save_pre_migration_copy, self.path, version)
+            except (OSError, SnapshotError) as err:
+                raise StoreError(
+                    f"cannot save a copy of {self.path} before migrating it ({err}); "
+                    "free some space in the state directory and start again"
+                ) from None
+            _LOGGER.info(
+                "saved a copy of the database (schema version %d) in %s before migrating to %d",
+                version, copy, SCHEMA_VERSION,
             )
         for target in range(version + 1, SCHEMA_VERSION + 1):
             script = MIGRATIONS[target - 1]

@@ -12,13 +12,13 @@ import sys
 from collections.abc import Sequence
 
 from osnova_server import __version__
-from osnova_server.cli import apps, devices, rpc, serve, setup, status
+from osnova_server.cli import apps, backup, devices, rpc, serve, setup, status
 from osnova_server.cli.common import EXIT_FAILURE, PROG, CommandError, Parser
 
 __all__ = ["build_parser", "main"]
 
 # The order `--help` lists the command groups in.
-_GROUPS = (setup, serve, status, rpc, devices, apps)
+_GROUPS = (setup, serve, status, rpc, devices, apps, backup)
 
 
 def build_parser() -> argparse.ArgumentParser:
