@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -41,6 +41,16 @@ class Event:
 
 
 Listener = Callable[[Event], None]
+
+
+class Bus(Protocol):
+    """Where events are published: this module's EventBus, or cluster mode's shared one."""
+
+    def listen(self, listener: Listener) -> Callable[[], None]:
+        """Add a listener; return the function that removes it."""
+
+    def publish(self, topic: str, data: dict[str, Any]) -> None:
+        """Deliver an event to every listener, never waiting on one."""
 
 
 class EventBus:

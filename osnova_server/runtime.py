@@ -8,22 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import aiojobs
 
 from osnova_server.config import Config
 from osnova_server.errors import Unauthorized
-from osnova_server.events import Event, EventBus
+from osnova_server.events import Bus, Event, EventBus
 from osnova_server.logs import AUDIT_LOGGER_NAME, audit_call
 from osnova_server.metrics import Metrics
 from osnova_server.rpc.context import Context
 from osnova_server.rpc.protocol import CallObserver
-from osnova_server.security.ratelimit import RateLimiter
+from osnova_server.security.ratelimit import Limiter, RateLimiter
 from osnova_server.security.roles import Role, receives
 from osnova_server.security.secret import load_or_create_secret
 from osnova_server.security.tokens import Claims, TokenAuthority
@@ -31,10 +32,14 @@ from osnova_server.services.apps import AppCatalog
 from osnova_server.services.bans import BanList
 from osnova_server.services.devices import DeviceRegistry
 from osnova_server.services.identity import Identity, load_or_create_identity
-from osnova_server.services.pairing import PairingCodes
+from osnova_server.services.pairing import PairingBook, PairingCodes
 from osnova_server.services.settings import ServerSettings
+from osnova_server.slots import LocalSlots, SlotLedger
 from osnova_server.statelock import StateLock
 from osnova_server.store import Store
+
+if TYPE_CHECKING:
+    from osnova_server.cluster.runtime import Cluster
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -51,16 +56,19 @@ class Runtime:
     config: Config
     secret: bytes
     store: Store
-    events: EventBus
+    events: Bus
     tokens: TokenAuthority
-    limiter: RateLimiter
+    limiter: Limiter
     scheduler: aiojobs.Scheduler
     identity: Identity
     apps: AppCatalog
     settings: ServerSettings
     bans: BanList
-    pairing: PairingCodes
+    pairing: PairingBook
     devices: DeviceRegistry
+    slots: SlotLedger = field(default_factory=LocalSlots)
+    # Set in cluster mode ([cluster] redis_url): the Redis link and the shared pieces.
+    cluster: Cluster | None = None
     started_at: float = field(default_factory=time.monotonic)
     # The web layer installs the real count of open authenticated WebSockets.
     connection_count: Callable[[], int] = lambda: 0
@@ -79,6 +87,16 @@ class Runtime:
         self.limiter.reconfigure(config.rate_limit.requests_per_second, config.rate_limit.burst_size)
         self.bans.reconfigure(config.ban)
         self.config = config
+
+    @property
+    def clustered(self) -> bool:
+        """Whether this process is one of several ([store] url or [cluster] redis_url set)."""
+        return self.cluster is not None or bool(self.config.store.url)
+
+    @property
+    def instance_name(self) -> str:
+        """What status calls this process: `[cluster] instance_name`, else host name and port."""
+        return self.config.cluster.instance_name or f"{socket.gethostname()}:{self.config.port}"
 
     def record_seen(self, claims: Claims) -> None:
         """Note that a device used a valid token now (kept in memory, flushed periodically)."""
@@ -139,13 +157,21 @@ async def open_runtime(config: Config) -> AsyncIterator[Runtime]:
         scheduler = aiojobs.Scheduler(close_timeout=2.0)
         stack.push_async_callback(scheduler.close)
         identity = await asyncio.to_thread(load_or_create_identity, state_dir)
-        events = EventBus()
+        cluster = _open_cluster(config)
+        if cluster is not None:
+            stack.push_async_callback(cluster.close)
+        events: Bus = cluster.events if cluster is not None else EventBus()
+        limiter: Limiter = (
+            cluster.limiter if cluster is not None
+            else RateLimiter(config.rate_limit.requests_per_second, config.rate_limit.burst_size)
+        )
         tokens = TokenAuthority(
             secret, config.auth.token_expiry, known_device=lambda device_id: store.device(device_id) is not None,
         )
         bans = BanList(store, config.ban)
         await bans.load()
-        pairing = PairingCodes(secret)
+        local_codes = PairingCodes(secret)
+        pairing: PairingBook = cluster.pairing(local_codes) if cluster is not None else local_codes
         last_seen: dict[str, float] = {}
         runtime = Runtime(
             config=config,
@@ -153,7 +179,7 @@ async def open_runtime(config: Config) -> AsyncIterator[Runtime]:
             store=store,
             events=events,
             tokens=tokens,
-            limiter=RateLimiter(config.rate_limit.requests_per_second, config.rate_limit.burst_size),
+            limiter=limiter,
             scheduler=scheduler,
             identity=identity,
             apps=AppCatalog(store, events, config.apps),
@@ -163,7 +189,13 @@ async def open_runtime(config: Config) -> AsyncIterator[Runtime]:
             pairing=pairing,
             devices=DeviceRegistry(store, tokens, events, pairing, last_seen),
             last_seen=last_seen,
+            slots=cluster.slots if cluster is not None else LocalSlots(),
+            cluster=cluster,
         )
+        if cluster is not None:
+            cluster.share_bans(bans)
+            cluster.follow_revocations(tokens)
+            await cluster.start(scheduler)
         runtime.tokens.load_revoked(d.device_id for d in store.devices() if d.revoked)
         # Bans and last-seen times are written by background jobs, and once more at shutdown,
         # before the scheduler and the store close.
@@ -173,3 +205,12 @@ async def open_runtime(config: Config) -> AsyncIterator[Runtime]:
         await scheduler.spawn(pairing.run_reaper())
         await scheduler.spawn(runtime.devices.run_last_seen_flusher())
         yield runtime
+
+
+def _open_cluster(config: Config) -> Cluster | None:
+    """The shared state of cluster mode, or None: redis-py is imported only when it is configured."""
+    if not config.cluster.redis_url:
+        return None
+    from osnova_server.cluster.runtime import Cluster
+
+    return Cluster(config)

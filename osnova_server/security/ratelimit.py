@@ -16,7 +16,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -26,6 +26,24 @@ DEFAULT_MAX_BUCKETS: Final = 100_000
 SWEEP_EVERY: Final = 1024
 # Float noise such as 2.0000000000000004 s must not become a 3 s Retry-After.
 _RETRY_EPSILON: Final = 1e-9
+
+
+class Limiter(Protocol):
+    """What charges a caller: this module's RateLimiter, or cluster mode's shared one."""
+
+    @property
+    def rate(self) -> float:
+        """Tokens added per second."""
+
+    @property
+    def burst(self) -> float:
+        """Capacity of a bucket."""
+
+    def reconfigure(self, rate: float, burst: float) -> None:
+        """Apply new limits (SIGHUP)."""
+
+    async def acquire(self, key: str, cost: int = 1) -> float:
+        """Spend `cost` tokens of `key`'s bucket: 0.0 if allowed, else the seconds to wait."""
 
 
 class TokenBucket:
@@ -136,6 +154,10 @@ class RateLimiter:
             bucket.tokens = tokens - cost
             bucket.updated = now
         return 0.0
+
+    async def acquire(self, key: str, cost: int = 1) -> float:
+        """`take` behind the Limiter interface (the shared limiter has to ask Redis)."""
+        return self.take(key, cost)
 
     def _sweep(self, now: float) -> None:
         """Drop the buckets, oldest first, that have been idle long enough to be full again."""

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from osnova_server.config import AppsSection
-from osnova_server.events import APPS_INSTALLED, APPS_UNINSTALLED, EventBus
+from osnova_server.events import APPS_INSTALLED, APPS_UNINSTALLED, Bus
 from osnova_server.services.manifest import FetchPolicy, fetch_manifest, parse_manifest
 from osnova_server.store import AppRecord, Store
 from osnova_server.timestamps import rfc3339
@@ -42,7 +42,7 @@ class AppCatalog:
     def __init__(
         self,
         store: Store,
-        events: EventBus,
+        events: Bus,
         settings: AppsSection,
         fetch_ssl_context: ssl.SSLContext | None = None,
     ) -> None:

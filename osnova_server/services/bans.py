@@ -19,12 +19,15 @@ import sqlite3
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from osnova_server.config import BanSection
 from osnova_server.logs import audit
 from osnova_server.store import BanRecord, Store
 from osnova_server.timestamps import from_epoch
+
+if TYPE_CHECKING:
+    from osnova_server.cluster.bans import SharedBans
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ class BanList:
 
     __slots__ = (
         "_bans", "_duration", "_enabled", "_failures", "_lock", "_max_failures",
-        "_max_tracked", "_store", "_unsaved", "_wakeup", "_window", "clock", "imposed",
+        "_max_tracked", "_settings", "_store", "_unsaved", "_wakeup", "_window", "clock", "imposed", "sharing",
     )
 
     def __init__(
@@ -68,16 +71,25 @@ class BanList:
         self._max_failures = 1
         self._window = 1.0
         self._duration = 1.0
+        self._settings = settings
+        # Cluster mode counts failures in Redis and shares bans with the other processes.
+        self.sharing: SharedBans | None = None
         self.reconfigure(settings)
 
     def reconfigure(self, settings: BanSection) -> None:
         """Apply new [ban] settings (SIGHUP); a new `max_failures` starts the counts over."""
         if settings.max_failures != self._max_failures:
             self._failures.clear()  # each address's deque is sized by max_failures
+        self._settings = settings
         self._enabled = settings.enabled
         self._max_failures = settings.max_failures
         self._window = float(settings.window)
         self._duration = float(settings.duration)
+
+    @property
+    def settings(self) -> BanSection:
+        """The [ban] settings in force."""
+        return self._settings
 
     async def load(self) -> None:
         """Read the bans still running from the store (at start)."""
@@ -98,6 +110,14 @@ class BanList:
 
     def record_failure(self, address: str) -> BanRecord | None:
         """Count a failed authentication from `address`; return the ban if this one earned it."""
+        if not self._enabled or address in self._bans:
+            return None
+        if self.sharing is not None and self.sharing.count(address):
+            return None  # counted in Redis; the ban, if earned, follows from there
+        return self.count_locally(address)
+
+    def count_locally(self, address: str) -> BanRecord | None:
+        """Count a failure in this process's own window (a single server, or Redis down)."""
         if not self._enabled or address in self._bans:
             return None
         now = self.clock()
@@ -124,9 +144,24 @@ class BanList:
         self._unsaved[address] = record
         self.imposed += 1
         self._wakeup.set()
+        if self.sharing is not None:
+            self.sharing.announce(record)
         _LOGGER.warning("banned %s until %s: %s", address, from_epoch(record.banned_until), reason)
         audit("ban", address=address, reason=reason, failures=failures, until=from_epoch(record.banned_until))
         return record
+
+    def adopt(self, record: BanRecord) -> None:
+        """Hold a ban another process made (it stores it); the request path sees it at once."""
+        if len(self._bans) >= MAX_BANS:
+            del self._bans[next(iter(self._bans))]
+        self._bans[record.address] = record
+        self._failures.pop(record.address, None)
+
+    def forget(self, address: str) -> None:
+        """Drop a ban another process lifted."""
+        self._bans.pop(address, None)
+        self._unsaved.pop(address, None)
+        self._failures.pop(address, None)
 
     def active(self) -> list[BanRecord]:
         """The bans running now, by address."""
@@ -154,6 +189,8 @@ class BanList:
             stored = await self._store.delete_ban(address)
         now = self.clock()
         was_banned = (running is not None and running.banned_until > now) or stored
+        if self.sharing is not None:
+            self.sharing.announce_lift(address)
         if was_banned:
             audit("ban.lift", address=address)
         return was_banned

@@ -24,7 +24,7 @@ from osnova_server.events import (
     DEVICES_REMOVED,
     DEVICES_REVOKED,
     DEVICES_ROLE_CHANGED,
-    EventBus,
+    Bus,
 )
 from osnova_server.logs import audit
 from osnova_server.security.credentials import (
@@ -35,7 +35,7 @@ from osnova_server.security.credentials import (
 )
 from osnova_server.security.roles import Role
 from osnova_server.security.tokens import Scope, TokenAuthority
-from osnova_server.services.pairing import CodeRefused, PairingCode, PairingCodes, check_name
+from osnova_server.services.pairing import CodeRefused, PairingBook, PairingCode, check_name
 from osnova_server.store import DeviceRecord, RefreshRecord, Store
 from osnova_server.timestamps import from_epoch
 
@@ -100,8 +100,8 @@ class DeviceRegistry:
         self,
         store: Store,
         tokens: TokenAuthority,
-        events: EventBus,
-        codes: PairingCodes,
+        events: Bus,
+        codes: PairingBook,
         last_seen: dict[str, float],
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -119,7 +119,7 @@ class DeviceRegistry:
         # Checked before the code is spent, so a bad name changes nothing.
         device_name = check_name(device_name, "device_name")
         try:
-            record = self._codes.redeem(code)
+            record = await self._codes.redeem_code(code)
         except CodeRefused as err:
             audit("pairing.complete", outcome="refused", reason=err.reason, remote=remote)
             raise
@@ -127,7 +127,7 @@ class DeviceRegistry:
             device, grant = await self._register(record, device_name)
         except BaseException:
             # Only a pairing that succeeds uses the code up: a failure here leaves it working.
-            self._codes.restore(record)
+            await self._codes.restore_code(record)
             raise
         audit(
             "pairing.complete", outcome="ok", device_id=device.device_id, name=device.name, role=device.role.value,

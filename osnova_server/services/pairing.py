@@ -6,7 +6,8 @@ case and dashes do not matter, and the look-alikes Crockford maps (O to 0, I and
 accepted, so a code read aloud or typed from a screen works.
 
 Codes live only in this process's memory, so a restart voids every outstanding code (a new
-`osnova-server pair` is needed). They are kept only as HMAC-SHA256 digests keyed with a key
+`osnova-server pair` is needed); in cluster mode they live in Redis instead (cluster/pairing.py),
+behind the same PairingBook interface. They are kept only as HMAC-SHA256 digests keyed with a key
 derived from the JWT secret: a core dump, a debugger's `repr` or a stray log line of this
 object shows digests, not codes. That is a guard against accidental disclosure, not against
 someone holding both a dump and the secret (who could try all 2^40 codes, and could mint
@@ -31,7 +32,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from osnova_server.errors import InvalidParams, Unauthorized
 from osnova_server.logs import audit
@@ -145,6 +146,34 @@ class CodeRefused(Unauthorized):
         self.reason = reason
 
 
+class PairingBook(Protocol):
+    """Where codes are issued and redeemed: PairingCodes here, or cluster mode's shared book."""
+
+    async def issue_code(
+        self,
+        name: str | None = None,
+        ttl: int = DEFAULT_TTL,
+        role: Role = DEFAULT_DEVICE_ROLE,
+        issued_by: str = ISSUED_BY_ADMIN,
+    ) -> IssuedCode:
+        """Make a new code for a device to be called `name` with `role`, valid for `ttl` seconds."""
+
+    async def redeem_code(self, text: str) -> PairingCode:
+        """Take a code and return its record; raise Unauthorized for any bad code."""
+
+    async def restore_code(self, record: PairingCode) -> None:
+        """Put back a code whose pairing then failed: only a success uses a code up."""
+
+    async def discard_code(self, record: PairingCode) -> None:
+        """Withdraw a code whose `pairing.start` failed before its caller saw it."""
+
+    async def run_reaper(self) -> None:
+        """Background job: forget expired codes."""
+
+    def outstanding(self) -> int:
+        """How many codes can still be redeemed (as far as this process knows)."""
+
+
 class PairingCodes:
     """The outstanding pairing codes of this process, held as keyed digests."""
 
@@ -161,7 +190,7 @@ class PairingCodes:
     def __repr__(self) -> str:
         return f"PairingCodes(outstanding={len(self._codes)}, wrong_tries={self._wrong_tries})"
 
-    def _digest(self, canonical: str) -> bytes:
+    def digest(self, canonical: str) -> bytes:
         """The keyed digest a canonical code is stored and looked up under."""
         return hmac.new(self._key, canonical.encode("ascii"), hashlib.sha256).digest()
 
@@ -178,7 +207,7 @@ class PairingCodes:
         self.reap()
         while True:
             raw = "".join(secrets.choice(ALPHABET) for _ in range(CODE_LENGTH))
-            digest = self._digest(raw)
+            digest = self.digest(raw)
             if digest not in self._codes:
                 break
         if len(self._codes) >= MAX_OUTSTANDING:
@@ -187,6 +216,28 @@ class PairingCodes:
         self._codes[digest] = record
         return IssuedCode(format_code(raw), record)
 
+    async def issue_code(
+        self,
+        name: str | None = None,
+        ttl: int = DEFAULT_TTL,
+        role: Role = DEFAULT_DEVICE_ROLE,
+        issued_by: str = ISSUED_BY_ADMIN,
+    ) -> IssuedCode:
+        """`issue` behind the PairingBook interface."""
+        return self.issue(name, ttl, role, issued_by)
+
+    async def redeem_code(self, text: str) -> PairingCode:
+        """`redeem` behind the PairingBook interface."""
+        return self.redeem(text)
+
+    async def restore_code(self, record: PairingCode) -> None:
+        """`restore` behind the PairingBook interface."""
+        self.restore(record)
+
+    async def discard_code(self, record: PairingCode) -> None:
+        """`discard` behind the PairingBook interface."""
+        self.discard(record)
+
     def redeem(self, text: str) -> PairingCode:
         """Take a code and return its record; raise Unauthorized for any bad code.
 
@@ -194,7 +245,7 @@ class PairingCodes:
         """
         now = self.clock()
         canonical = normalise_code(text)
-        record = self._codes.pop(self._digest(canonical), None) if canonical is not None else None
+        record = self._codes.pop(self.digest(canonical), None) if canonical is not None else None
         if record is not None and record.expires_at > now:
             if not self._codes:
                 self._wrong_tries = 0

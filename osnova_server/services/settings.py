@@ -16,7 +16,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from osnova_server.errors import InvalidParams
-from osnova_server.events import CONFIG_CHANGED, EventBus
+from osnova_server.events import CONFIG_CHANGED, Bus
 from osnova_server.store import Store
 
 _LOGGER = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class ServerSettings:
 
     __slots__ = ("_configured", "_events", "_store")
 
-    def __init__(self, store: Store, events: EventBus, configured: Callable[[], str]) -> None:
+    def __init__(self, store: Store, events: Bus, configured: Callable[[], str]) -> None:
         # `configured` is read on every call, so a SIGHUP-reloaded config file is honoured.
         self._store = store
         self._events = events

@@ -39,6 +39,13 @@ async def _scheduler(runtime: Runtime) -> str | None:
     return "error" if runtime.scheduler.closed else "ok"
 
 
+async def _redis(runtime: Runtime) -> str | None:
+    """Cluster mode's Redis answers; `degraded` when not (each process goes on alone)."""
+    if runtime.cluster is None:
+        return None
+    return await runtime.cluster.status()
+
+
 def certificate_status(not_after: dt.datetime, now: dt.datetime) -> str:
     """Expired is `error`; expiring within CERTIFICATE_WARNING is `degraded`; else `ok`."""
     if not_after <= now:
@@ -78,6 +85,7 @@ async def _disk(runtime: Runtime) -> str | None:
 
 CHECKS: Final[tuple[tuple[str, str, Check], ...]] = (
     ("database", "sqlite", _database),
+    ("redis", "redis", _redis),
     ("scheduler", "aiojobs", _scheduler),
     ("tls", "certificate", _tls),
     ("disk", "filesystem", _disk),

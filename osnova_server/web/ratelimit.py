@@ -19,10 +19,10 @@ def bucket_key(claims: Claims | None, remote: str) -> str:
     return f"token:{claims.jti}"
 
 
-def charge(request: web.Request, cost: int) -> web.Response | None:
+async def charge(request: web.Request, cost: int) -> web.Response | None:
     """Take `cost` tokens for this request's client; a 429 answer if there are not enough."""
     limiter = request.app[STATE_KEY].runtime.limiter
-    wait = limiter.take(bucket_key(request[CLAIMS_KEY], request[REMOTE_KEY]), cost)
+    wait = await limiter.acquire(bucket_key(request[CLAIMS_KEY], request[REMOTE_KEY]), cost)
     if wait <= 0:
         return None
     return json_error(

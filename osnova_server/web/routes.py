@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from osnova_server import __version__
+from osnova_server.services.status import check_services, overall
 from osnova_server.timestamps import rfc3339
 from osnova_server.web.keys import STATE_KEY
 
@@ -17,14 +18,19 @@ async def health_view(request: web.Request) -> web.Response:
 async def status_view(request: web.Request) -> web.Response:
     """Report version, uptime and how many clients are connected."""
     runtime = request.app[STATE_KEY].runtime
-    return web.json_response({
+    answer = {
         "version": __version__,
         "uptime": round(runtime.uptime, 3),
         "connections": runtime.connection_count(),
         "max_connections": runtime.config.server.max_clients,
         "active_sessions": runtime.active_sessions(),
         "mode": "server",
-    })
+    }
+    if runtime.clustered:
+        # Cluster mode (CONTRACT 8): which process answered, and how its engines are doing.
+        services = await check_services(runtime)
+        answer.update(instance=runtime.instance_name, status=overall(services), services=services)
+    return web.json_response(answer)
 
 
 def setup_routes(app: web.Application) -> None:

@@ -35,7 +35,7 @@ async def rpc_view(request: web.Request) -> web.StreamResponse:
         registry = dispatcher.registry
         if not all(registry.is_public(name) for name in envelope.method_names()):
             return unauthorized("this method needs a bearer token; pair a device or use `osnova-server token`")
-    refusal = charge(request, envelope.cost)
+    refusal = await charge(request, envelope.cost)
     if refusal is not None:
         return refusal
     ctx = Context(runtime, claims, request[REMOTE_KEY], "http")

@@ -107,7 +107,7 @@ async def websocket_view(request: web.Request) -> web.StreamResponse:
     )
     if not socket.can_prepare(request):
         return json_error(400, "GET /ws is a WebSocket endpoint; connect with a WebSocket client")
-    refusal = charge(request, 1)
+    refusal = await charge(request, 1)
     if refusal is not None:
         return refusal
     if not pool.accepting:
@@ -125,11 +125,16 @@ async def websocket_view(request: web.Request) -> web.StreamResponse:
     else:
         connection.authenticate(claims)
         pool.admit(connection)
+        refused = await _claim_shared_slot(connection, state.runtime, claims)
+        if refused is not None:
+            pool.release(connection)
+            return _busy(refused)
     try:
         await socket.prepare(request)
         connection.start()
         await _serve_connection(connection, state, claims)
     finally:
+        state.runtime.slots.release(connection.id)
         connection.close(socket.close_code or WSCloseCode.OK, "")
         await connection.wait_closed()
         audit(
@@ -155,6 +160,10 @@ async def _serve_connection(connection: ClientConnection, state: ServerState, cl
             )
             return
         connection.authenticate(claims)
+        refused = await _claim_shared_slot(connection, runtime, claims)
+        if refused is not None:
+            connection.close(WSCloseCode.TRY_AGAIN_LATER, refused)
+            return
         if request_id is not _NOTIFICATION:
             connection.send(codec.dumps({"jsonrpc": "2.0", "result": True, "id": request_id}))
     if connection.closing:
@@ -169,6 +178,23 @@ async def _serve_connection(connection: ClientConnection, state: ServerState, cl
 
 
 _NOTIFICATION: Final = object()
+
+
+async def _claim_shared_slot(connection: ClientConnection, runtime: Runtime, claims: Claims) -> str | None:
+    """Take the socket's slot in the cluster's ledger (always granted on a single server).
+
+    None when granted, else the refusal to send: the pool only counted this process's sockets.
+    """
+    server = runtime.config.server
+    refused = await runtime.slots.claim(
+        connection.id, _principal(claims), server.max_clients, server.max_clients_per_device,
+    )
+    if refused is None:
+        return None
+    return (
+        f"the servers already hold their [server] {refused} WebSocket connections; "
+        "try again later or close another client"
+    )
 
 
 def _principal(claims: Claims | None) -> str:
@@ -293,7 +319,7 @@ async def _serve(
     """Run one message and queue its answer, if one is owed."""
     try:
         envelope = protocol.decode(raw, runtime.config.limits.max_batch)
-        wait = runtime.limiter.take(bucket, envelope.cost)
+        wait = await runtime.limiter.acquire(bucket, envelope.cost)
         answer = _rate_limited(envelope, wait) if wait > 0 else await dispatcher.execute(envelope, ctx)
         if answer is not None:
             connection.send(protocol.encode(answer))

@@ -25,7 +25,7 @@ async def pairing_start(
     granted = Role(role)
     if granted is Role.OWNER and ctx.role is not Role.ADMIN:
         raise Forbidden("only an admin token may issue owner codes; pair as a member, then ask an admin")
-    issued = ctx.runtime.pairing.issue(name, ttl, granted, ctx.device_id or ISSUED_BY_ADMIN)
+    issued = await ctx.runtime.pairing.issue_code(name, ttl, granted, ctx.device_id or ISSUED_BY_ADMIN)
     audit(
         "pairing.start", principal=ctx.principal, remote=ctx.remote, ttl=ttl, name=issued.record.name,
         role=granted.value,
@@ -33,7 +33,7 @@ async def pairing_start(
     try:
         return await pairing_payload(ctx.runtime, issued)
     except BaseException:
-        ctx.runtime.pairing.discard(issued.record)  # a failed call leaves no code behind
+        await ctx.runtime.pairing.discard_code(issued.record)  # a failed call leaves no code behind
         raise
 
 

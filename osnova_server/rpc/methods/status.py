@@ -13,11 +13,14 @@ from osnova_server.services.status import check_services, overall
 
 @rpc.method("status.get", role=Role.MEMBER)
 async def status_get(ctx: Context) -> dict[str, Any]:
-    """Report the server's overall health and each service it depends on."""
+    """Report the server's overall health and each service it depends on (and, in cluster mode, which instance answers)."""
     services = await check_services(ctx.runtime)
-    return {
+    answer = {
         "status": overall(services),
         "version": __version__,
         "uptime": round(ctx.runtime.uptime, 3),
         "services": services,
     }
+    if ctx.runtime.clustered:
+        answer["instance"] = ctx.runtime.instance_name
+    return answer
