@@ -6,15 +6,14 @@ import asyncio
 from pathlib import Path
 
 from osnova_server.client import RpcCallError, TransportError
-from osnova_server.security.tokens import Scope
 from tests.cluster import two_servers
 
 
 async def test_20_calls_over_a_and_b_at_5_rps_burst_10_give_at_most_11(tmp_path: Path, redis_url: str) -> None:
     limits = {"rate_limit": {"requests_per_second": 5.0, "burst_size": 10}}
     async with two_servers(tmp_path, redis_url, **limits) as (a, b):
-        # One device: the bucket is the device's, whichever instance its call reaches.
-        token = a.runtime.tokens.issue(Scope.DEVICE, "0f1e2d3c-0000-4000-8000-000000000001")[0]
+        # One admin token: the bucket is the token's, whichever instance its call reaches.
+        token = a.admin_token()
         clients = [a.client(token), b.client(token)]
         successes = refusals = 0
         try:
