@@ -19,6 +19,7 @@ from typing import Final
 import pytest
 
 from osnova_server import __version__
+from tests.test_systemd import NEEDS_ANALYZE, SYSTEM_UNITS, verify_in_root
 
 REPO: Final = Path(__file__).resolve().parent.parent
 SOURCES: Final = ("osnova_server", "setup.cfg", "pyproject.toml", "README.md")
@@ -83,6 +84,7 @@ def test_wheel_holds_the_package_schema_and_no_tests(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "osnova_server/schemas/osnova-manifest.schema.json" in names
     assert "osnova_server/py.typed" in names
+    assert "osnova_server/units/osnova-server.service" in names
     assert "osnova_server/__main__.py" in names
     assert not [name for name in names if name.startswith(("tests/", "bench/"))]
 
@@ -128,3 +130,20 @@ def test_installed_package_finds_its_schema(installed: Path) -> None:
     )
     result = _run(installed, sys.executable, "-c", code)
     assert (result.returncode, result.stdout) == (0, "Osnova Application Manifest\n"), result.stderr
+
+
+@NEEDS_ANALYZE
+@pytest.mark.skipif(SYSTEM_UNITS is None, reason="no system unit directory to verify against")
+def test_wheel_carries_the_unit_and_systemd_unit_names_the_installed_script(installed: Path, tmp_path: Path) -> None:
+    """From the wheel alone, `systemd-unit` prints the packaged unit with ExecStart= the installed script."""
+    script = installed / "bin" / "osnova-server"
+    config = tmp_path / "server.toml"
+    result = _run(installed, str(script), "--config", str(config), "systemd-unit")
+    assert (result.returncode, result.stderr) == (0, "")
+    exec_start = [line for line in result.stdout.splitlines() if line.startswith("ExecStart=")]
+    assert exec_start == [f"ExecStart={script} --config {config} serve"]
+    packaged = (installed / "osnova_server" / "units" / "osnova-server.service").read_text()
+    assert [line for line in result.stdout.splitlines() if not line.startswith("ExecStart=")] == [
+        line for line in packaged.splitlines() if not line.startswith("ExecStart=")
+    ]
+    assert verify_in_root(tmp_path / "root", result.stdout) == ""

@@ -18,7 +18,7 @@ import pytest
 
 from osnova_server import systemd
 
-UNIT: Final = Path(__file__).resolve().parent.parent / "systemd" / "osnova-server.service"
+UNIT: Final = Path(__file__).resolve().parent.parent / "osnova_server" / "units" / "osnova-server.service"
 MAX_EXPOSURE: Final = 1.5
 SYSTEM_UNITS: Final = next(
     (p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")) if p.is_dir()),
