@@ -17,6 +17,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from functools import lru_cache
 from queue import Empty, SimpleQueue
 from typing import Any, Final, TextIO
@@ -253,17 +254,50 @@ class _QueueListener(logging.handlers.QueueListener):
             sink.handle(record)
 
 
+def is_journal(stream: TextIO, environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether `stream` is systemd's journal: `$JOURNAL_STREAM` names its device and inode (systemd.exec(5))."""
+    device, _, inode = environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        status = os.fstat(stream.fileno())
+        return (status.st_dev, status.st_ino) == (int(device), int(inode))
+    except (OSError, ValueError, AttributeError):  # no such fd, no number, a stream without a file
+        return False
+
+
+def syslog_priority(levelno: int) -> int:
+    """The syslog priority of a `logging` level, as sd-daemon(3)'s `<N>` prefixes use them."""
+    if levelno >= logging.CRITICAL:
+        return 2
+    if levelno >= logging.ERROR:
+        return 3
+    if levelno >= logging.WARNING:
+        return 4
+    if levelno >= logging.INFO:
+        return 6
+    return 7
+
+
 class _StreamSink(logging.StreamHandler[TextIO]):
-    """Writes lines to stderr (journald), flushing when the queue drains rather than per line."""
+    """Writes lines to stderr (journald), flushing when the queue drains rather than per line.
+
+    When stderr is the journal, every line starts with its syslog priority (`<4>` for a warning),
+    which journald reads and strips, so `journalctl -p warning` shows warnings and worse only.
+    """
 
     def __init__(self, stream: TextIO, pending: SimpleQueue[logging.LogRecord | None]) -> None:
         super().__init__(stream)
         self._pending = pending
+        self._journal = is_journal(stream)
 
     def emit(self, record: logging.LogRecord) -> None:
         """Write one line; flush only once no other record is waiting."""
         try:
-            self.stream.write(self.format(record) + "\n")
+            text = self.format(record)
+            if self._journal:
+                # journald reads each line as one entry: a traceback's lines carry the prefix too.
+                prefix = f"<{syslog_priority(record.levelno)}>"
+                text = prefix + text.replace("\n", "\n" + prefix)
+            self.stream.write(text + "\n")
             if self._pending.empty():
                 self.stream.flush()
         except RecursionError:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 
@@ -353,3 +356,66 @@ def test_audit_call_writes_the_line_audit_would(fmt: str, tmp_path: Path) -> Non
     stamp = r"^\S+ " if fmt == "text" else r'^\{"ts":"[^"]+",'
     assert re.sub(stamp, "", first) == re.sub(stamp, "", second)
     assert "principal" in second and "duration_ms" in second
+
+
+_LOG_EVERY_LEVEL: Final = """
+import logging, sys
+from osnova_server.logs import setup_logging
+handle = setup_logging("debug", sys.argv[1], "")
+log = logging.getLogger("osnova_server.probe")
+log.debug("d-line"); log.info("i-line"); log.warning("w-line"); log.error("e-line"); log.critical("c-line")
+try:
+    raise ValueError("boom")
+except ValueError:
+    log.exception("x-line")
+handle.stop()
+"""
+_PRIORITY: Final = re.compile(r"^<([0-7])>")
+
+
+def _log_to_file(path: Path, fmt: str, journal_stream: str | None) -> list[str]:
+    """Run a process whose stderr is `path` and that logs once per level; return the lines it wrote."""
+    env = {key: value for key, value in os.environ.items() if key != "JOURNAL_STREAM"}
+    if journal_stream is not None:
+        env["JOURNAL_STREAM"] = journal_stream
+    with path.open("w") as stderr:
+        subprocess.run([sys.executable, "-c", _LOG_EVERY_LEVEL, fmt], stderr=stderr, env=env, check=True, timeout=30)
+    return path.read_text().splitlines()
+
+
+def _dev_inode(path: Path) -> str:
+    """`$JOURNAL_STREAM`'s form of a file: device:inode."""
+    status = path.stat()
+    return f"{status.st_dev}:{status.st_ino}"
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_journal_lines_carry_syslog_priorities(fmt: str, tmp_path: Path) -> None:
+    """stderr is the journal ($JOURNAL_STREAM names it): `<7>` debug ... `<2>` critical, on every line."""
+    path = tmp_path / "journal"
+    path.touch()
+    lines = _log_to_file(path, fmt, _dev_inode(path))
+    assert lines, "nothing was logged"
+    assert all(_PRIORITY.match(line) for line in lines), lines
+    by_message = {
+        message: int(match[1]) for line in lines if (match := _PRIORITY.match(line))
+        for message in ("d-line", "i-line", "w-line", "e-line", "c-line", "x-line") if message in line
+    }
+    assert by_message == {"d-line": 7, "i-line": 6, "w-line": 4, "e-line": 3, "c-line": 2, "x-line": 3}
+    # What `journalctl -p warning` keeps: priority 4 (warning) or more urgent.
+    kept = [line for line in lines if int(_PRIORITY.match(line)[1]) <= 4]  # type: ignore[index]
+    assert [m for m in ("d-line", "i-line", "w-line", "e-line", "c-line", "x-line") if any(m in k for k in kept)] == [
+        "w-line", "e-line", "c-line", "x-line",
+    ]
+    if fmt == "text":  # the traceback's lines are the error's too, so filtering keeps them with it
+        assert any(line.startswith("<3>ValueError: boom") for line in lines)
+
+
+def test_no_prefix_when_stderr_is_not_the_journal(tmp_path: Path) -> None:
+    """$JOURNAL_STREAM naming another file (stderr redirected elsewhere), or garbage: plain lines."""
+    other = tmp_path / "other"
+    other.touch()
+    for journal_stream in (_dev_inode(other), "not-a-number", None):
+        lines = _log_to_file(tmp_path / "stderr", "text", journal_stream)
+        assert any("w-line" in line for line in lines)
+        assert not [line for line in lines if _PRIORITY.match(line)], journal_stream
