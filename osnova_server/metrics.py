@@ -69,7 +69,7 @@ class Metrics:
     __slots__ = (
         "registry", "rpc_requests", "rpc_duration", "http_requests", "active_connections",
         "ws_messages", "_calls", "_durations", "_answers", "_process",
-        "devices", "apps", "auth_failures", "bans", "banned",
+        "devices", "apps", "auth_failures", "bans", "banned", "certificate_expiry",
     )
 
     def __init__(self) -> None:
@@ -97,6 +97,11 @@ class Metrics:
         )
         self.bans = Counter("osnova_bans_total", "Addresses banned since start.", registry=registry)
         self.banned = Gauge("osnova_banned_addresses", "Addresses banned now.", registry=registry)
+        # Set only under TLS, at start and whenever another certificate is served (reload, renewal).
+        self.certificate_expiry = Gauge(
+            "tls_certificate_expiry_timestamp_seconds", "When the served TLS certificate expires (Unix time).",
+            registry=registry,
+        )
         # (method, outcome) -> calls; method -> [count per bucket..., count above the last, sum];
         # (route, status) -> answers.
         self._calls: dict[tuple[str, str], int] = {}
@@ -114,6 +119,10 @@ class Metrics:
         # bisect_left finds the first bound >= seconds: Prometheus buckets are `le`.
         durations[bisect_left(DURATION_BUCKETS, seconds)] += 1
         durations[-1] += seconds
+
+    def observe_certificate(self, expires_at: float) -> None:
+        """Record when the certificate now served expires."""
+        self.certificate_expiry.set({}, expires_at)
 
     def observe_http(self, route: str, status: int) -> None:
         """Count one HTTP answer."""

@@ -20,7 +20,7 @@ import aiojobs
 from osnova_server.config import Config
 from osnova_server.errors import Unauthorized
 from osnova_server.events import Bus, Event, EventBus
-from osnova_server.logs import AUDIT_LOGGER_NAME, audit_call
+from osnova_server.logs import AUDIT_LOGGER_NAME, audit, audit_call
 from osnova_server.metrics import Metrics
 from osnova_server.rpc.context import Context
 from osnova_server.rpc.protocol import CallObserver
@@ -69,6 +69,8 @@ class Runtime:
     slots: SlotLedger = field(default_factory=LocalSlots)
     # Set in cluster mode ([cluster] redis_url): the Redis link and the shared pieces.
     cluster: Cluster | None = None
+    # This process's code book; in cluster mode the shared one takes its keyed digests from it.
+    local_codes: PairingCodes | None = None
     started_at: float = field(default_factory=time.monotonic)
     # The web layer installs the real count of open authenticated WebSockets.
     connection_count: Callable[[], int] = lambda: 0
@@ -97,6 +99,23 @@ class Runtime:
     def instance_name(self) -> str:
         """What status calls this process: `[cluster] instance_name`, else host name and port."""
         return self.config.cluster.instance_name or f"{socket.gethostname()}:{self.config.port}"
+
+    def rotate_secret(self, secret: bytes) -> None:
+        """Sign with a new JWT secret: old access tokens and outstanding pairing codes stop working.
+
+        Refresh tokens are argon2 hashes in the store, independent of the secret, so devices
+        trade them for access tokens signed with the new one.
+        """
+        self.tokens.replace_secret(secret)
+        # A new key makes every outstanding code's digest unreachable, the shared ones included.
+        voided = self.local_codes.rekey(secret) if self.local_codes is not None else 0
+        self.secret = secret
+        _LOGGER.warning(
+            "the JWT secret was replaced: every access token issued before is refused and %d "
+            "outstanding pairing codes are void; devices get new tokens with their refresh tokens",
+            voided,
+        )
+        audit("auth.secret_rotated", codes_voided=voided)
 
     def record_seen(self, claims: Claims) -> None:
         """Note that a device used a valid token now (kept in memory, flushed periodically)."""
@@ -191,6 +210,7 @@ async def open_runtime(config: Config) -> AsyncIterator[Runtime]:
             last_seen=last_seen,
             slots=cluster.slots if cluster is not None else LocalSlots(),
             cluster=cluster,
+            local_codes=local_codes,
         )
         if cluster is not None:
             cluster.share_bans(bans)

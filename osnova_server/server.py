@@ -26,12 +26,15 @@ from osnova_server import systemd
 from osnova_server.app import create_app
 from osnova_server.config import Config, ConfigError
 from osnova_server.logs import LoggingHandle, setup_logging
+from osnova_server.security.renewal import CertificateRenewal
 from osnova_server.security.secret import configured_secret
-from osnova_server.security.tls import TlsError, create_ssl_context, reload_ssl_context
+from osnova_server.security.tls import TlsError, certificate_not_after, create_ssl_context, reload_ssl_context
 from osnova_server.statelock import StateDirBusy, StateDirLockError
 from osnova_server.store import StoreError
 from osnova_server.web.access_log import AccessLog
 from osnova_server.web.keys import STATE_KEY
+from osnova_server.web.pool import WS_UNAUTHORIZED
+from osnova_server.web.websocket import POOL_KEY
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -122,6 +125,33 @@ class Server:
             # Port 0 asks the kernel for a free port; pairing payloads must name the real one.
             self._pin_port()
         _LOGGER.info("osnova-server listening on %s://%s", self.config.scheme, bound)
+        if self.ssl_context is not None:
+            self._observe_certificate()
+            renewal = CertificateRenewal(self._certificate_paths, self._serve_renewed_certificate)
+            await self.app[STATE_KEY].runtime.scheduler.spawn(renewal.run())
+
+    def _certificate_paths(self) -> tuple[Path, Path]:
+        """The certificate and key the running config names."""
+        return Path(self.config.tls.cert_path), Path(self.config.tls.key_path)
+
+    def _observe_certificate(self) -> None:
+        """Show when the served certificate expires in /metrics."""
+        try:
+            expires_at = certificate_not_after(Path(self.config.tls.cert_path)).timestamp()
+        except TlsError as err:
+            _LOGGER.warning("cannot read the served certificate's expiry: %s", err)
+            return
+        self.app[STATE_KEY].metrics.observe_certificate(expires_at)
+
+    def _serve_renewed_certificate(self) -> None:
+        """After the renewal job reissued the certificate: serve it from the next handshake on."""
+        assert self.ssl_context is not None
+        try:
+            reload_ssl_context(self.ssl_context, *self._certificate_paths())
+        except TlsError as err:
+            _LOGGER.error("the renewed TLS certificate could not be loaded; still serving the old one: %s", err)
+            return
+        self._observe_certificate()
 
     def _pin_port(self) -> None:
         """Record the kernel-chosen port in the running config (what pairing addresses use)."""
@@ -157,6 +187,7 @@ class Server:
         if self.logging_handle is not None:
             self.logging_handle.set_level(new.logging.level)
         self.app[STATE_KEY].runtime.reload(new)
+        self._follow_secret(new)
         needs_restart = [
             f"[{section}] {key}"
             for section, key in RESTART_ONLY
@@ -165,12 +196,29 @@ class Server:
         if needs_restart:
             _LOGGER.warning("changes to %s take effect only after a restart", ", ".join(needs_restart))
         self.config = new
+        if self.ssl_context is not None:
+            self._observe_certificate()
         _LOGGER.info("configuration reloaded from %s", path or "embedded defaults")
         _LOGGER.debug(
             "reload applied: log level %s, rate limit %s/s (burst %s), CORS origins %s",
             new.logging.level, new.rate_limit.requests_per_second, new.rate_limit.burst_size,
             new.cors.allowed_origins,
         )
+
+    def _follow_secret(self, new: Config) -> None:
+        """Sign with the secret the config now gives (`rotate-secret` wrote a new one), if it changed."""
+        runtime = self.app[STATE_KEY].runtime
+        try:
+            secret = configured_secret(new)
+        except ConfigError as err:
+            _LOGGER.error("reload kept the old JWT secret: %s", "; ".join(err.problems))
+            return
+        if secret is None or secret == runtime.secret:
+            return
+        runtime.rotate_secret(secret)
+        # Their tokens no longer verify: the clients reconnect with fresh ones.
+        for connection in self.app[POOL_KEY].everyone():
+            connection.close(WS_UNAUTHORIZED, "the server's secret was replaced; reconnect with a fresh token")
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish within the grace period, close."""

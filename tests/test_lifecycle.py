@@ -4,7 +4,6 @@ HTTPS after `init --self-signed`."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import re
@@ -25,6 +24,7 @@ from typing import Any, Final
 import aiohttp
 import pytest
 from aiohttp import web
+from cryptography import x509
 
 from osnova_server import config as config_module
 from osnova_server.client import OsnovaClient, TransportError
@@ -32,6 +32,7 @@ from osnova_server.security.tls import certificate_fingerprint, generate_self_si
 from osnova_server.security.tokens import Scope, TokenAuthority
 from osnova_server.server import event_loop_factory
 from tests.conftest import TEST_SECRET, ServerProcess, cli, free_port, make_config, running_server, write_config
+from tests.test_tls import spki_fingerprint
 
 Start = Callable[..., ServerProcess]
 
@@ -343,7 +344,7 @@ class TlsConnection:
         """`sha256:` and the hex digest of the certificate this connection was served."""
         der = self.sock.getpeercert(binary_form=True)
         assert der is not None
-        return "sha256:" + hashlib.sha256(der).hexdigest()
+        return spki_fingerprint(x509.load_der_x509_certificate(der))
 
     def health(self) -> int:
         """GET /health on this connection, keeping it open; return the status code."""

@@ -49,9 +49,15 @@ class Pair:
     @property
     def fingerprint(self) -> str:
         """Return the fingerprint computed here, independently of the module under test."""
-        pem = self.cert.read_bytes()
-        der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
-        return "sha256:" + hashlib.sha256(der).hexdigest()
+        return spki_fingerprint(x509.load_pem_x509_certificate(self.cert.read_bytes()))
+
+
+def spki_fingerprint(certificate: x509.Certificate) -> str:
+    """`sha256:` and the hex SHA-256 of the certificate's DER SubjectPublicKeyInfo (CONTRACT 4)."""
+    spki = certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
 
 
 def make_key(kind: str) -> CertificateIssuerPrivateKeyTypes:
@@ -101,7 +107,7 @@ def served_fingerprint(writer: asyncio.StreamWriter) -> str:
     """Return the fingerprint of the certificate the server presented on this connection."""
     ssl_object = writer.get_extra_info("ssl_object")
     der = ssl_object.getpeercert(binary_form=True)
-    return "sha256:" + hashlib.sha256(der).hexdigest()
+    return spki_fingerprint(x509.load_der_x509_certificate(der))
 
 
 async def close(writer: asyncio.StreamWriter) -> None:
@@ -472,13 +478,15 @@ def test_self_signed_refuses_non_positive_days(tmp_path: Path) -> None:
 # certificate_fingerprint / certificate_not_after
 
 
-def test_fingerprint_is_sha256_of_der(tmp_path: Path) -> None:
-    """The fingerprint is `sha256:` and 64 lowercase hex digits of the DER certificate."""
+def test_fingerprint_is_sha256_of_the_public_key_info(tmp_path: Path) -> None:
+    """The fingerprint is `sha256:` and 64 lowercase hex digits of the DER SubjectPublicKeyInfo."""
     pair = write_pair(tmp_path, "server")
 
     fingerprint = certificate_fingerprint(pair.cert)
 
     assert fingerprint == pair.fingerprint
+    der = x509.load_pem_x509_certificate(pair.cert.read_bytes()).public_bytes(serialization.Encoding.DER)
+    assert fingerprint != "sha256:" + hashlib.sha256(der).hexdigest()  # not the whole certificate's
     digest = fingerprint.removeprefix("sha256:")
     assert len(digest) == 64
     assert digest == digest.lower()

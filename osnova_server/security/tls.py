@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Final
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
@@ -33,18 +33,24 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from osnova_server.files import make_private_dirs, replace_file
 
 __all__ = [
+    "NotRenewable",
     "TlsError",
     "certificate_fingerprint",
     "certificate_not_after",
     "create_ssl_context",
     "generate_self_signed",
     "reload_ssl_context",
+    "renew_self_signed",
 ]
 
 _LOGGER = logging.getLogger(__name__)
 
-DEFAULT_VALIDITY_DAYS: Final = 825
-"""Longest validity Apple platforms accept for a server certificate."""
+DEFAULT_VALIDITY_DAYS: Final = 397
+"""Browsers and Apple platforms refuse server certificates valid for more than 398 days."""
+RENEW_BEFORE: Final = dt.timedelta(days=30)
+"""The server renews the certificate `init --self-signed` made this long before it expires."""
+GENERATED_NAME_PREFIX: Final = "osnova-server "
+"""How the common name of every certificate `generate_self_signed` makes begins."""
 
 _KEY_MODE: Final = 0o600
 _CERT_MODE: Final = 0o644
@@ -119,9 +125,74 @@ def generate_self_signed(
 
 
 def certificate_fingerprint(cert_path: Path) -> str:
-    """Return `sha256:` and the hex SHA-256 of the leaf certificate's DER, as pairing shows it."""
-    der = _load_certificates(cert_path)[0].public_bytes(serialization.Encoding.DER)
-    return "sha256:" + hashlib.sha256(der).hexdigest()
+    """Return the pairing fingerprint of the leaf certificate's public key (see `public_key_fingerprint`)."""
+    return public_key_fingerprint(_load_certificates(cert_path)[0])
+
+
+def public_key_fingerprint(certificate: x509.Certificate) -> str:
+    """`sha256:` and the hex SHA-256 of the DER SubjectPublicKeyInfo: what phones pin.
+
+    It names the key, not the certificate, so a renewal with the same key keeps every pairing.
+    """
+    spki = certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
+class NotRenewable(TlsError):
+    """The certificate was not made by `init --self-signed`, so this server must not reissue it."""
+
+
+def renew_self_signed(cert_path: Path, key_path: Path, days: int = DEFAULT_VALIDITY_DAYS) -> x509.Certificate:
+    """Reissue the certificate `generate_self_signed` made, with the same key and names, for `days`.
+
+    Raises NotRenewable for any other certificate (one a CA or the household issued), and
+    TlsError when the files cannot be used at all. Blocking: run it in a thread from the loop.
+    """
+    if days < 1:
+        raise ValueError(f"days must be at least 1, not {days}")
+    leaf = _load_certificates(cert_path)[0]
+    key = _load_private_key(key_path)
+    _check_key_matches(leaf, key, cert_path, key_path)
+    reason = _why_not_generated(leaf, key)
+    if reason is not None:
+        raise NotRenewable(
+            f"certificate {cert_path} was not made by `osnova-server init --self-signed` ({reason}); "
+            "renew it where it was issued, then run `systemctl reload osnova-server`"
+        )
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    names = list(leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    renewed = _self_signed_certificate(key, names, days, subject=leaf.subject)
+    replace_file(cert_path, renewed.public_bytes(serialization.Encoding.PEM), _CERT_MODE)
+    _LOGGER.info(
+        "renewed the self-signed certificate %s with the same key: valid until %s (%s)",
+        cert_path, renewed.not_valid_after_utc.isoformat(), public_key_fingerprint(renewed),
+    )
+    return renewed
+
+
+def generated_by_init(cert_path: Path, key_path: Path) -> bool:
+    """Whether the files are a certificate and key `generate_self_signed` made (and may renew)."""
+    leaf = _load_certificates(cert_path)[0]
+    return _why_not_generated(leaf, _load_private_key(key_path)) is None
+
+
+def _why_not_generated(certificate: x509.Certificate, key: PrivateKeyTypes) -> str | None:
+    """None for a certificate `generate_self_signed` made; else why it cannot be one of ours."""
+    if certificate.issuer != certificate.subject:
+        return f"it was issued by {certificate.issuer.rfc4514_string()}"
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not names or not str(names[0].value).startswith(GENERATED_NAME_PREFIX):
+        return f"its subject {certificate.subject.rfc4514_string()} is not one init writes"
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        return "its key is not the EC P-256 key init makes"
+    try:
+        certificate.verify_directly_issued_by(certificate)
+        certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except (ValueError, TypeError, x509.ExtensionNotFound, InvalidSignature):
+        return "it is not signed by its own key with the names init writes"
+    return None
 
 
 def certificate_not_after(cert_path: Path) -> dt.datetime:
@@ -250,11 +321,11 @@ def _subject_alt_names(names: list[str]) -> list[x509.GeneralName]:
 
 
 def _self_signed_certificate(
-    key: ec.EllipticCurvePrivateKey, names: list[x509.GeneralName], days: int
+    key: ec.EllipticCurvePrivateKey, names: list[x509.GeneralName], days: int, subject: x509.Name | None = None,
 ) -> x509.Certificate:
     """Return a leaf (CA:FALSE) server certificate for `names`, signed by its own key."""
-    subject = x509.Name([
-        x509.NameAttribute(NameOID.COMMON_NAME, f"osnova-server {socket.gethostname()}"[:64]),
+    subject = subject or x509.Name([
+        x509.NameAttribute(NameOID.COMMON_NAME, f"{GENERATED_NAME_PREFIX}{socket.gethostname()}"[:64]),
     ])
     now = dt.datetime.now(dt.UTC)
     public_key = key.public_key()

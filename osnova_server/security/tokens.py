@@ -211,6 +211,13 @@ class TokenAuthority:
         cache[token] = claims
         return claims
 
+    def replace_secret(self, secret: bytes) -> None:
+        """Sign with `secret` from now on: every token signed with the old one is refused at once."""
+        if len(secret) < MIN_SECRET_BYTES:
+            raise ValueError(f"the JWT secret must be at least {MIN_SECRET_BYTES} bytes")
+        self._secret = secret
+        self._cache.clear()  # cached tokens were verified with the old secret
+
     def revoke_device(self, device_id: str) -> None:
         """Refuse every token of a device from now on, cached ones included."""
         self._revoked.add(device_id)

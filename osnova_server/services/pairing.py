@@ -190,6 +190,14 @@ class PairingCodes:
     def __repr__(self) -> str:
         return f"PairingCodes(outstanding={len(self._codes)}, wrong_tries={self._wrong_tries})"
 
+    def rekey(self, secret: bytes) -> int:
+        """Key digests from a new JWT secret; every outstanding code is void. Returns how many were."""
+        self._key = hmac.new(secret, _KEY_LABEL, hashlib.sha256).digest()
+        voided = len(self._codes)
+        self._codes.clear()
+        self._wrong_tries = 0
+        return voided
+
     def digest(self, canonical: str) -> bytes:
         """The keyed digest a canonical code is stored and looked up under."""
         return hmac.new(self._key, canonical.encode("ascii"), hashlib.sha256).digest()
@@ -355,7 +363,7 @@ def _fallback_host(bind_host: str) -> str:
 
 
 async def server_fingerprint(runtime: Runtime) -> str:
-    """`sha256:` + hex of the TLS certificate's DER when TLS is on, else the identity's."""
+    """`sha256:` + hex of the TLS certificate's SubjectPublicKeyInfo when TLS is on, else the identity's."""
     config = runtime.config
     if config.tls.enabled:
         path = Path(config.tls.cert_path)
