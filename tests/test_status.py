@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import ssl
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from osnova_server import __version__
 from osnova_server.client import OsnovaClient
-from osnova_server.security.tls import generate_self_signed
 from osnova_server.services.status import (
     DISK_FREE_MINIMUM,
     certificate_status,
@@ -46,10 +50,35 @@ async def test_without_tls_every_check_but_tls_runs_and_is_ok(osnova: RunningSer
     }
 
 
+def household_certificate(cert: Path, key: Path, days: int) -> None:
+    """A certificate for 127.0.0.1 valid for `days` that init did not make, so the server never renews it."""
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "household")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(private, hashes.SHA256())
+    )
+    cert.parent.mkdir(mode=0o700, exist_ok=True)
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption(),
+    ))
+
+
 async def tls_server_status(state_dir: Path, days: int, *, break_cert: bool = False) -> dict[str, Any]:
     """Start a TLS server on a certificate valid for `days`, optionally garble the file, ask status.get."""
     cert, key = state_dir / "tls" / "server.crt", state_dir / "tls" / "server.key"
-    generate_self_signed(cert, key, days=days)
+    # One init made would be renewed at start when it is this close to expiry (test_renewal.py).
+    household_certificate(cert, key, days)
     config = make_config(state_dir, tls={"enabled": True, "cert_path": str(cert), "key_path": str(key)})
     trust = ssl.create_default_context(cafile=str(cert))
     async with running_server(config) as running:
