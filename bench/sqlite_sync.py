@@ -41,7 +41,7 @@ async def round_ms(directory: Path, mode: str, installs: int) -> float:
         store = await Store.open(Path(state_dir))
         try:
             # The store always opens with FULL; the bench reaches in to compare with NORMAL.
-            await store._db.execute(f"PRAGMA synchronous={mode}")
+            await store.engine._db.execute(f"PRAGMA synchronous={mode}")
             started = time.perf_counter()
             for number in range(installs):
                 await store.put_app(AppRecord(

@@ -27,7 +27,7 @@ from osnova_server.rpc.protocol import CallObserver
 from osnova_server.security.ratelimit import Limiter, RateLimiter
 from osnova_server.security.roles import Role, receives
 from osnova_server.security.secret import load_or_create_secret
-from osnova_server.security.tokens import Claims, TokenAuthority
+from osnova_server.security.tokens import REVOKED, Claims, TokenAuthority, TokenInvalid, unverified_device_id
 from osnova_server.services.apps import AppCatalog
 from osnova_server.services.bans import BanList
 from osnova_server.services.devices import DeviceRegistry
@@ -117,6 +117,22 @@ class Runtime:
         )
         audit("auth.secret_rotated", codes_voided=voided)
 
+    async def verify_again(self, token: str, refusal: TokenInvalid) -> Claims:
+        """After `refusal`, the claims anyway if the token's device was just paired on another process.
+
+        On a shared store a device paired through another process reaches this one's memory a
+        moment after its tokens reach the device; a token refused as of an unknown device is
+        worth one look in the database. Anything else raises `refusal` again.
+        """
+        if refusal.reason != REVOKED or not self.store.shared:
+            raise refusal
+        device_id = unverified_device_id(token)
+        if device_id is None or self.tokens.is_revoked(device_id) or self.store.device(device_id) is not None:
+            raise refusal
+        if await self.store.find_device(device_id) is None:
+            raise refusal
+        return self.tokens.verify(token)
+
     def record_seen(self, claims: Claims) -> None:
         """Note that a device used a valid token now (kept in memory, flushed periodically)."""
         if claims.device_id is not None:
@@ -171,7 +187,7 @@ async def open_runtime(config: Config) -> AsyncIterator[Runtime]:
         lock = StateLock.acquire(state_dir)
         stack.callback(lock.release)
         secret = load_or_create_secret(config)
-        store = await Store.open(state_dir)
+        store = await Store.open(state_dir, config.store.url)
         stack.push_async_callback(store.close)
         scheduler = aiojobs.Scheduler(close_timeout=2.0)
         stack.push_async_callback(scheduler.close)
@@ -215,6 +231,8 @@ async def open_runtime(config: Config) -> AsyncIterator[Runtime]:
         if cluster is not None:
             cluster.share_bans(bans)
             cluster.follow_revocations(tokens)
+            if config.store.url:
+                cluster.follow_store(store, tokens)
             await cluster.start(scheduler)
         runtime.tokens.load_revoked(d.device_id for d in store.devices() if d.revoked)
         # Bans and last-seen times are written by background jobs, and once more at shutdown,

@@ -88,10 +88,29 @@ def state_dir(tmp_path: Path) -> Path:
     return path
 
 
+# A test module that sets `BOTH_ENGINES = True` runs each of its tests that use the `config`
+# fixture (or `osnova`) twice: on SQLite and on PostgreSQL, so the two engines cannot drift.
+ENGINES = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise `store_url` over the engines in modules that ask for both."""
+    if getattr(metafunc.module, "BOTH_ENGINES", False) and "store_url" in metafunc.fixturenames:
+        metafunc.parametrize("store_url", ENGINES, indirect=True)
+
+
 @pytest.fixture
-def config(state_dir: Path) -> Config:
-    """The default test config."""
-    return make_config(state_dir)
+def store_url(request: pytest.FixtureRequest) -> str:
+    """`[store] url` for the test: empty (SQLite in the state dir) or a fresh PostgreSQL database."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return ""
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def config(state_dir: Path, store_url: str) -> Config:
+    """The default test config (on PostgreSQL for the `postgresql` run of a BOTH_ENGINES module)."""
+    return make_config(state_dir, store={"url": store_url}) if store_url else make_config(state_dir)
 
 
 @pytest.fixture

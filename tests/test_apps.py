@@ -28,6 +28,9 @@ from tests.conftest import RunningServer, make_config, running_server
 from tests.servers import bound_loopback_socket, stream_forever
 from tests.test_pairing import pair_device
 
+# Run on SQLite and on PostgreSQL (tests/conftest.py).
+BOTH_ENGINES = True
+
 FETCH_TIMEOUT: Final = 1.0
 TWO_MIB: Final = 2 * 1_048_576
 LIST_FIELDS: Final = {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import sqlite3
 from typing import Any
 
 import aiohttp
@@ -15,10 +14,13 @@ from osnova_server.config import Config
 from osnova_server.errors import FORBIDDEN, NOT_FOUND, UNAUTHORIZED
 from osnova_server.events import DEVICES_REVOKED, Event
 from osnova_server.services.devices import REFRESH_REFUSED
-from osnova_server.store import DATABASE_NAME
+from osnova_server.store import DATABASE_NAME, Store
 from osnova_server.timestamps import from_epoch
 from tests.conftest import RunningServer, running_server
 from tests.test_pairing import pair_device
+
+# Run on SQLite and on PostgreSQL (tests/conftest.py).
+BOTH_ENGINES = True
 
 DEVICE_KEYS = {"device_id", "name", "role", "paired_at", "paired_by", "last_seen", "revoked"}
 
@@ -111,17 +113,19 @@ async def test_refresh_token_of_the_wrong_type_is_invalid_params(osnova: Running
 async def test_refresh_tokens_are_stored_hashed(osnova: RunningServer) -> None:
     grant = await pair_device(osnova)
     renewed = await refresh(osnova, grant["refresh_token"])
-    with sqlite3.connect(osnova.config.state_dir / DATABASE_NAME) as db:
-        rows = db.execute("SELECT lookup, hash, rotated FROM refresh_tokens ORDER BY rotated DESC").fetchall()
+    rows = await osnova.runtime.store.engine.fetch_all(
+        "SELECT lookup, hash, rotated FROM refresh_tokens ORDER BY rotated DESC"
+    )
     expected = [
         (hashlib.sha256(grant["refresh_token"].encode()).hexdigest(), 1),
         (hashlib.sha256(renewed["refresh_token"].encode()).hexdigest(), 0),
     ]
     assert [(lookup, rotated) for lookup, _, rotated in rows] == expected
     assert all(stored.startswith("$argon2id$") for _, stored, _ in rows)
-    files = b"".join(path.read_bytes() for path in osnova.config.state_dir.glob(f"{DATABASE_NAME}*"))
-    for token in (grant["refresh_token"], renewed["refresh_token"]):
-        assert token.encode() not in files
+    if not osnova.config.store.url:  # SQLite: not in the database's files either
+        files = b"".join(path.read_bytes() for path in osnova.config.state_dir.glob(f"{DATABASE_NAME}*"))
+        for token in (grant["refresh_token"], renewed["refresh_token"]):
+            assert token.encode() not in files
 
 
 async def test_refresh_of_a_revoked_device_is_refused(osnova: RunningServer) -> None:
@@ -210,9 +214,12 @@ async def test_last_seen_is_flushed_and_written_at_shutdown(config: Config) -> N
         async with OsnovaClient(server.url, grant["access_token"]) as device:
             await device.call("status.get")
         server.runtime.last_seen[device_id] = seen + 3600  # seen again later, not flushed yet
-    with sqlite3.connect(config.state_dir / DATABASE_NAME) as db:
-        (last_seen,) = db.execute("SELECT last_seen FROM devices WHERE device_id = ?", (device_id,)).fetchone()
-    assert last_seen == from_epoch(seen + 3600)
+    store = await Store.open(config.state_dir, config.store.url)  # what the server left behind
+    try:
+        row = await store.engine.fetch_one("SELECT last_seen FROM devices WHERE device_id = ?", (device_id,))
+    finally:
+        await store.close()
+    assert row is not None and row[0] == from_epoch(seen + 3600)
 
 
 async def test_status_counts_active_sessions(osnova: RunningServer, http: aiohttp.ClientSession) -> None:

@@ -36,6 +36,9 @@ from tests.conftest import RunningServer
 from tests.test_apps import manifest
 from tests.test_pairing import pair_device
 
+# Run on SQLite and on PostgreSQL (tests/conftest.py).
+BOTH_ENGINES = True
+
 # -- the role of each method, as declared --------------------------------------------------------
 
 DECLARED = {

@@ -14,6 +14,9 @@ from osnova_server.services.settings import SERVER_ADDRESS_KEY, normalize_server
 from tests.conftest import RunningServer, make_config, running_server
 from tests.test_pairing import pair_device
 
+# Run on SQLite and on PostgreSQL (tests/conftest.py).
+BOTH_ENGINES = True
+
 ORIGINAL = "https://osnova.lan:8443"
 
 

@@ -38,6 +38,10 @@ class SharedEventBus:
         self._local.publish(topic, data)
         self._link.publish(KIND, topic=topic, data=data)
 
+    def deliver_here(self, topic: str, data: dict[str, Any]) -> None:
+        """Deliver an event to this process's listeners only (one this process learned by itself)."""
+        self._local.publish(topic, data)
+
     async def _remote(self, message: dict[str, Any]) -> None:
         """An event another process published."""
         topic, data = message.get("topic"), message.get("data")

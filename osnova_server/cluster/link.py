@@ -52,6 +52,7 @@ class RedisLink:
             decode_responses=False, retry_on_timeout=False,
         )
         self._handlers: dict[str, Handler] = {}
+        self._on_up: list[Callable[[], Awaitable[None]]] = []
         self.up = False
         self._ready = asyncio.Event()
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue(maxsize=10_000)
@@ -59,6 +60,10 @@ class RedisLink:
     def on(self, kind: str, handler: Handler) -> None:
         """Run `handler` for every message of `kind` published by another process."""
         self._handlers[kind] = handler
+
+    def on_up(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run `callback` each time the link is back after being down (not at the first connect)."""
+        self._on_up.append(callback)
 
     def mark_down(self, err: BaseException) -> None:
         """Note that a command failed: Redis is treated as unreachable until the listener is back."""
@@ -103,6 +108,8 @@ class RedisLink:
                 if not self.up:
                     _LOGGER.info("Redis at %s is reachable; sharing state", self.url)
                 self.up = True
+                if self._ready.is_set():
+                    await self._came_back()
                 self._ready.set()
                 backoff = BACKOFF_FIRST
                 await self._listen(pubsub)
@@ -115,6 +122,14 @@ class RedisLink:
                     pass
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _came_back(self) -> None:
+        """Run the on-up callbacks; one that fails is logged and skipped."""
+        for callback in self._on_up:
+            try:
+                await callback()
+            except Exception as err:  # noqa: BLE001 - e.g. the database is down too: the refresher retries
+                _LOGGER.warning("catching up after Redis came back failed: %s", err)
 
     async def _listen(self, pubsub: Any) -> None:
         """Hand each message to its handler, in order; ping when idle to notice a dead Redis."""

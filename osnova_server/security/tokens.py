@@ -248,6 +248,16 @@ class TokenAuthority:
         return len(self._cache)
 
 
+def unverified_device_id(token: str) -> str | None:
+    """The `device_id` claim of a token, read without checking it (callers verify it after)."""
+    try:
+        payload = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        return None
+    device_id = payload.get("device_id") if isinstance(payload, dict) else None
+    return device_id if isinstance(device_id, str) else None
+
+
 def _number(value: Any) -> float:
     """Read a NumericDate claim, refusing anything but a finite int or float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

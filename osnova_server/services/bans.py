@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import sqlite3
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -202,7 +201,7 @@ class BanList:
             for address, record in pending.items():
                 try:
                     await self._store.put_ban(record)
-                except sqlite3.Error as err:
+                except self._store.errors as err:
                     _LOGGER.warning("could not store the ban of %s (will retry): %s", address, err)
                     self._unsaved.setdefault(address, record)
 
@@ -228,7 +227,7 @@ class BanList:
             del self._bans[address]
         try:
             await self._store.delete_expired_bans(now)
-        except sqlite3.Error as err:
+        except self._store.errors as err:
             _LOGGER.warning("could not forget expired bans: %s", err)
 
 

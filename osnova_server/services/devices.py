@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -170,7 +169,7 @@ class DeviceRegistry:
             raise RefreshRefused("unknown")
         if not await verify_secret(stored.hash, refresh_token):
             raise RefreshRefused("hash mismatch")
-        device = self._store.device(stored.device_id)
+        device = await self._store.find_device(stored.device_id)
         if device is None or device.revoked:
             raise RefreshRefused("device revoked")
         if stored.rotated:
@@ -252,7 +251,7 @@ class DeviceRegistry:
             return
         try:
             await self._store.touch_devices({device_id: from_epoch(seen) for device_id, seen in changed.items()})
-        except sqlite3.Error as err:
+        except self._store.errors as err:
             _LOGGER.warning("could not record when devices were last seen (will retry): %s", err)
             return
         self._flushed.update(changed)

@@ -103,6 +103,8 @@ async def check_services(runtime: Runtime) -> list[dict[str, Any]]:
             _LOGGER.warning("status check %s failed: %s", name, err)
             status = "error"
         if status is not None:
+            if name == "database":
+                kind = runtime.store.engine.name  # sqlite, or postgresql in cluster mode
             results.append({"name": name, "kind": kind, "status": status})
     return results
 

@@ -232,7 +232,10 @@ async def _authenticate(connection: ClientConnection, runtime: Runtime) -> tuple
         connection.close(WS_UNAUTHORIZED, f"the first message must be {AUTH_EXAMPLE}")
         return None
     try:
-        claims = runtime.tokens.verify(token)
+        try:
+            claims = runtime.tokens.verify(token)
+        except TokenInvalid as err:
+            claims = await runtime.verify_again(token, err)  # paired on another process just now?
     except TokenInvalid as err:
         audit("auth", outcome="refused", reason=err.reason, remote=connection.address, transport="ws")
         runtime.record_auth_failure(connection.address, "websocket_auth")

@@ -1,10 +1,9 @@
-"""The one place that knows SQL: schema, migrations and every query, over one SQLite database.
+"""Every query the server makes, over one engine; the hot tables (apps, devices) held in memory.
 
-The database lives in `state_dir` in WAL mode with `synchronous=FULL`, and every change is one
-transaction that is committed before the call returns, so an answered success survives `kill -9`
-and a power cut. aiosqlite runs each statement on the connection's own thread, so the event
-loop never waits on the disk. Reads of the small, hot tables (apps, devices) are answered from
-memory, refreshed from the rows each change commits.
+Each change is one transaction committed before the method returns, so an answered success
+survives `kill -9`. Reads of apps and devices are answered from memory, refreshed from the rows
+each change commits; in cluster mode another process's change arrives as a call to `reload`
+(published by `on_change` through Redis), so every process's memory follows the shared rows.
 """
 
 from __future__ import annotations
@@ -14,220 +13,108 @@ import dataclasses
 import json
 import logging
 import sqlite3
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-import aiosqlite
-
-from osnova_server.security.roles import DEFAULT_DEVICE_ROLE, Role
+from osnova_server.security.roles import Role
 from osnova_server.snapshot import SnapshotError, save_pre_migration_copy
+from osnova_server.store.engine import Args, Engine, Row, SqliteEngine
+from osnova_server.store.records import AppRecord, BanRecord, DeviceRecord, RefreshRecord
+from osnova_server.store.schema import MIGRATIONS, SCHEMA_VERSION, statements
 
 _LOGGER = logging.getLogger(__name__)
 
 DATABASE_NAME: Final = "osnova.db"
+APPS: Final = "apps"
+DEVICES: Final = "devices"
 
-# Forward-only migrations: MIGRATIONS[n] takes a database from user_version n to n + 1.
-MIGRATIONS: Final[tuple[str, ...]] = (
-    # 1: apps, devices with their refresh tokens, server settings.
-    """
-    CREATE TABLE apps (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        version TEXT NOT NULL,
-        description TEXT NOT NULL,
-        icon_uri TEXT NOT NULL,
-        manifest_uri TEXT NOT NULL,
-        manifest TEXT NOT NULL,
-        installed_at TEXT NOT NULL
-    );
-    CREATE TABLE devices (
-        device_id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        paired_at TEXT NOT NULL,
-        last_seen TEXT,
-        revoked INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE TABLE refresh_tokens (
-        lookup TEXT PRIMARY KEY,
-        device_id TEXT NOT NULL REFERENCES devices(device_id) ON DELETE CASCADE,
-        hash TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        rotated INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE INDEX refresh_tokens_device ON refresh_tokens(device_id);
-    CREATE TABLE settings (
-        key TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    );
-    """,
-    # 2: persistent IP bans, and when a device was revoked.
-    """
-    CREATE TABLE bans (
-        address TEXT PRIMARY KEY,
-        banned_until REAL NOT NULL,
-        reason TEXT NOT NULL,
-        created_at TEXT NOT NULL
-    );
-    ALTER TABLE devices ADD COLUMN revoked_at TEXT;
-    """,
-    # 3: device roles (devices paired before roles existed are members), and who paired each
-    # (NULL for those: it was not recorded).
-    """
-    ALTER TABLE devices ADD COLUMN role TEXT NOT NULL DEFAULT 'member';
-    ALTER TABLE devices ADD COLUMN paired_by TEXT;
-    """,
-)
-SCHEMA_VERSION: Final = len(MIGRATIONS)
+_APP_COLUMNS: Final = "id, name, version, description, icon_uri, manifest_uri, manifest, installed_at"
+_DEVICE_COLUMNS: Final = "device_id, name, paired_at, last_seen, revoked, revoked_at, role, paired_by"
+
+# Told (table, keys) after a change to a hot table commits; cluster mode tells the others.
+ChangeHook = Callable[[str, Sequence[str]], None]
 
 
 class StoreError(Exception):
     """The database cannot be opened or migrated; the message says what to do."""
 
 
-@dataclass(frozen=True, slots=True)
-class AppRecord:
-    """An installed app as stored."""
-
-    id: str
-    name: str
-    version: str
-    description: str
-    icon_uri: str
-    manifest_uri: str
-    manifest: dict[str, Any]
-    installed_at: str
-
-    def to_json(self) -> dict[str, Any]:
-        """The `apps.list` shape of CONTRACT 4."""
-        return {
-            "id": self.id,
-            "name": self.name,
-            "version": self.version,
-            "description": self.description,
-            "icon_uri": self.icon_uri,
-            "manifest_uri": self.manifest_uri,
-            "installed_at": self.installed_at,
-            "components": self.manifest.get("components", []),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceRecord:
-    """A paired device as stored."""
-
-    device_id: str
-    name: str
-    paired_at: str
-    last_seen: str | None
-    revoked: bool
-    revoked_at: str | None = None
-    role: Role = DEFAULT_DEVICE_ROLE
-    # "admin", the id of the device that issued the code, or None (paired before it was recorded).
-    paired_by: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The `devices.list` shape of CONTRACT 4."""
-        return {
-            "device_id": self.device_id,
-            "name": self.name,
-            "role": self.role.value,
-            "paired_at": self.paired_at,
-            "paired_by": self.paired_by,
-            "last_seen": self.last_seen,
-            "revoked": self.revoked,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class RefreshRecord:
-    """A refresh token's row: its argon2 hash, owner, and whether it was already rotated."""
-
-    lookup: str
-    device_id: str
-    hash: str
-    rotated: bool
-
-
-@dataclass(frozen=True, slots=True)
-class BanRecord:
-    """An address refused until `banned_until` (epoch seconds)."""
-
-    address: str
-    banned_until: float
-    reason: str
-    created_at: str
-
-
 class Store:
-    """The server's SQLite database, opened once per process."""
+    """The server's database, opened once per process."""
 
-    def __init__(self, connection: aiosqlite.Connection, path: Path) -> None:
-        self._db = connection
-        self.path = path
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
         self._apps: dict[str, AppRecord] = {}
         self._devices: dict[str, DeviceRecord] = {}
         self._app_listing: list[dict[str, Any]] | None = None
-        # One connection serves every coroutine, so transactions must not interleave.
-        self._write_lock = asyncio.Lock()
+        self.on_change: ChangeHook | None = None
+        # Rows another process changed that could not be read again yet (database down).
+        self._stale: dict[str, set[str]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, state_dir: Path) -> Store:
-        """Open (creating and migrating as needed) the database in `state_dir`."""
-        path = state_dir / DATABASE_NAME
+    async def open(cls, state_dir: Path, url: str = "", migrate: bool = True) -> Store:
+        """Open (creating and migrating as needed) SQLite in `state_dir`, or PostgreSQL at `url`."""
+        engine = await _open_engine(state_dir, url)
+        store = cls(engine)
         try:
-            connection = await aiosqlite.connect(path, isolation_level=None)
-        except sqlite3.Error as err:
-            raise StoreError(f"cannot open database {path}: {err}") from None
-        store = cls(connection, path)
-        try:
-            await store._configure()
-            await store._migrate()
-            await store._load_cache()
-        except (sqlite3.Error, StoreError) as err:
-            await connection.close()
+            if migrate:
+                await store.migrate()
+                await store._load_cache()
+        except Exception as err:
+            if not isinstance(err, (StoreError, *engine.errors)):
+                raise
+            await engine.close()
             if isinstance(err, StoreError):
                 raise
-            raise StoreError(f"cannot use database {path}: {err}") from None
+            raise StoreError(f"cannot use database {store.where}: {err}") from None
         return store
 
-    async def close(self) -> None:
-        """Checkpoint the WAL and close the connection."""
-        try:
-            await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error as err:
-            _LOGGER.warning("WAL checkpoint at close failed: %s", err)
-        await self._db.close()
+    @property
+    def path(self) -> Path:
+        """The SQLite file (cluster mode has none: its rows live in PostgreSQL)."""
+        path = getattr(self.engine, "path", None)
+        if not isinstance(path, Path):
+            raise StoreError("the store is PostgreSQL; it has no database file")
+        return path
 
-    async def _configure(self) -> None:
-        """WAL, FULL sync (committed means on disk), foreign keys, a busy timeout."""
-        for pragma in (
-            "PRAGMA journal_mode=WAL",
-            "PRAGMA synchronous=FULL",
-            "PRAGMA foreign_keys=ON",
-            "PRAGMA busy_timeout=5000",
-        ):
-            await self._db.execute(pragma)
+    @property
+    def where(self) -> str:
+        """The database, named for messages (never with a password)."""
+        path = getattr(self.engine, "path", None)
+        return str(path) if path is not None else "PostgreSQL"
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes change the same rows (PostgreSQL in cluster mode)."""
+        return not isinstance(self.engine, SqliteEngine)
+
+    @property
+    def errors(self) -> tuple[type[BaseException], ...]:
+        """What a failing database raises (background jobs catch these and retry later)."""
+        return self.engine.errors
+
+    async def close(self) -> None:
+        """Close the engine (SQLite checkpoints its WAL first)."""
+        await self.engine.close()
 
     async def schema_version(self) -> int:
-        """The database's `user_version`."""
-        async with self._db.execute("PRAGMA user_version") as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row else 0
+        """The database's schema version."""
+        return await self.engine.schema_version()
 
-    async def _migrate(self) -> None:
+    async def migrate(self) -> None:
         """Run every migration past the database's version, each in its own transaction."""
         version = await self.schema_version()
         if version > SCHEMA_VERSION:
             raise StoreError(
-                f"database {self.path} has schema version {version}, newer than this "
+                f"database {self.where} has schema version {version}, newer than this "
                 f"osnova-server knows ({SCHEMA_VERSION}); install the newer version again"
             )
-        if 0 < version < SCHEMA_VERSION:
+        if 0 < version < SCHEMA_VERSION and isinstance(self.engine, SqliteEngine):
             # A way back for the household: the database as the previous version left it.
+            # (PostgreSQL's operator backs up with pg_dump; see "Running more than one".)
             try:
                 copy = await asyncio.to_thread(save_pre_migration_copy, self.path, version)
             except (OSError, SnapshotError) as err:
@@ -240,61 +127,85 @@ class Store:
                 version, copy, SCHEMA_VERSION,
             )
         for target in range(version + 1, SCHEMA_VERSION + 1):
-            script = MIGRATIONS[target - 1]
-            statements = [s.strip() for s in script.split(";") if s.strip()]
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in statements:
-                    await self._db.execute(statement)
-                await self._db.execute(f"PRAGMA user_version = {target}")
-                await self._db.execute("COMMIT")
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
+            await self.engine.migrate(target, statements(MIGRATIONS[target - 1]))
             _LOGGER.info("database migrated to schema version %d", target)
 
     async def _load_cache(self) -> None:
         """Read the hot tables into memory."""
-        async with self._db.execute(
-            "SELECT id, name, version, description, icon_uri, manifest_uri, manifest, installed_at FROM apps"
-        ) as cursor:
-            self._apps = {row[0]: _app(row) async for row in cursor}
-        async with self._db.execute(
-            "SELECT device_id, name, paired_at, last_seen, revoked, revoked_at, role, paired_by FROM devices"
-        ) as cursor:
-            self._devices = {row[0]: _device(row) async for row in cursor}
+        self._apps = {row[0]: _app(row) for row in await self.engine.fetch_all(f"SELECT {_APP_COLUMNS} FROM apps")}
+        self._devices = {
+            row[0]: _device(row) for row in await self.engine.fetch_all(f"SELECT {_DEVICE_COLUMNS} FROM devices")
+        }
+        self._app_listing = None
 
-    async def _write(self, statements: Iterable[tuple[str, tuple[Any, ...]]]) -> int:
-        """Run statements as one committed transaction; return the last statement's rowcount."""
-        async with self._write_lock:
-            return await self._transaction(statements)
+    async def reload(self, table: str, keys: Sequence[str]) -> None:
+        """Read rows another process changed into memory again (cluster mode).
 
-    async def _transaction(self, statements: Iterable[tuple[str, tuple[Any, ...]]]) -> int:
-        """The body of `_write`, run while holding the write lock."""
-        await self._db.execute("BEGIN IMMEDIATE")
-        rowcount = 0
+        If the database cannot be read now, the rows are remembered and `reload_stale` tries
+        again later.
+        """
         try:
-            for sql, args in statements:
-                cursor = await self._db.execute(sql, args)
-                rowcount = cursor.rowcount
-                await cursor.close()
-            await self._db.execute("COMMIT")
-        except BaseException:
-            await self._db.execute("ROLLBACK")
+            await self._reload(table, keys)
+        except self.errors:
+            self._stale.setdefault(table, set()).update(keys)
             raise
+
+    async def reload_stale(self) -> None:
+        """Read again the rows an earlier `reload` could not."""
+        while self._stale:
+            table, keys = self._stale.popitem()
+            await self.reload(table, sorted(keys))
+
+    async def _reload(self, table: str, keys: Sequence[str]) -> None:
+        """The body of `reload`."""
+        if table == APPS:
+            for app_id in keys:
+                row = await self.engine.fetch_one(f"SELECT {_APP_COLUMNS} FROM apps WHERE id = ?", (app_id,))
+                if row is None:
+                    self._apps.pop(app_id, None)
+                else:
+                    self._apps[app_id] = _app(row)
+            self._app_listing = None
+        elif table == DEVICES:
+            for device_id in keys:
+                row = await self.engine.fetch_one(
+                    f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = ?", (device_id,)
+                )
+                if row is None:
+                    self._devices.pop(device_id, None)
+                else:
+                    self._devices[device_id] = _device(row)
+
+    async def reload_all(self) -> None:
+        """Read every hot table again (after missing other processes' changes)."""
+        await self._load_cache()
+
+    async def revoked_devices(self) -> set[str]:
+        """The ids of revoked devices, read from the database (not from memory)."""
+        return {str(row[0]) for row in await self.engine.fetch_all("SELECT device_id FROM devices WHERE revoked = 1")}
+
+    def _changed(self, table: str, keys: Sequence[str]) -> None:
+        """Tell the hook (cluster mode) that rows of a hot table changed."""
+        if self.on_change is not None and keys:
+            self.on_change(table, list(keys))
+
+    async def _write(self, changes: Iterable[tuple[str, Args]]) -> int:
+        """Run statements as one committed transaction; return the last statement's rowcount."""
+        rowcount = 0
+        async with self.engine.transaction() as tx:
+            for sql, args in changes:
+                rowcount = await tx.execute(sql, args)
         return rowcount
 
     async def integrity_check(self) -> str:
-        """`PRAGMA quick_check`'s verdict: "ok" when the database is sound."""
-        async with self._db.execute("PRAGMA quick_check") as cursor:
-            row = await cursor.fetchone()
-        return str(row[0]) if row else "no answer"
+        """SQLite's `PRAGMA quick_check` verdict ("ok" when sound); PostgreSQL checks its own pages."""
+        if isinstance(self.engine, SqliteEngine):
+            return await self.engine.integrity_check()
+        return "ok"
 
     async def ping(self) -> bool:
         """Whether the database answers a query."""
-        async with self._db.execute("SELECT 1") as cursor:
-            row = await cursor.fetchone()
-        return row is not None and row[0] == 1
+        return await self.engine.ping()
 
     # -- apps --------------------------------------------------------------------------------
 
@@ -328,12 +239,14 @@ class Store:
         )])
         self._apps[app.id] = app
         self._app_listing = None
+        self._changed(APPS, [app.id])
 
     async def delete_app(self, app_id: str) -> bool:
         """Remove an app; whether it was installed."""
         removed = await self._write([("DELETE FROM apps WHERE id = ?", (app_id,))]) > 0
         self._apps.pop(app_id, None)
         self._app_listing = None
+        self._changed(APPS, [app_id])
         return removed
 
     # -- devices and refresh tokens ----------------------------------------------------------
@@ -345,6 +258,17 @@ class Store:
     def device(self, device_id: str) -> DeviceRecord | None:
         """One device by id."""
         return self._devices.get(device_id)
+
+    async def find_device(self, device_id: str) -> DeviceRecord | None:
+        """One device by id; on a shared store one not in memory is looked up in the database.
+
+        Another process may have paired it a moment ago, before its announcement arrived here.
+        """
+        device = self._devices.get(device_id)
+        if device is None and self.shared:
+            await self.reload(DEVICES, [device_id])
+            device = self._devices.get(device_id)
+        return device
 
     async def add_device(self, device: DeviceRecord, refresh: RefreshRecord, created_at: str) -> None:
         """Register a freshly paired device together with its first refresh token."""
@@ -363,6 +287,7 @@ class Store:
             ),
         ])
         self._devices[device.device_id] = device
+        self._changed(DEVICES, [device.device_id])
 
     async def revoke_device(self, device_id: str, revoked_at: str) -> bool:
         """Mark a device revoked; whether it exists."""
@@ -373,6 +298,7 @@ class Store:
         current = self._devices.get(device_id)
         if current is not None and not current.revoked:
             self._devices[device_id] = _replace_device(current, revoked=True, revoked_at=revoked_at)
+        self._changed(DEVICES, [device_id])
         return changed > 0
 
     async def set_device_role(self, device_id: str, role: Role) -> bool:
@@ -381,6 +307,7 @@ class Store:
         current = self._devices.get(device_id)
         if current is not None:
             self._devices[device_id] = _replace_device(current, role=role)
+        self._changed(DEVICES, [device_id])
         return changed > 0
 
     async def delete_device(self, device_id: str) -> bool:
@@ -390,39 +317,28 @@ class Store:
             ("DELETE FROM devices WHERE device_id = ?", (device_id,)),
         ]) > 0
         self._devices.pop(device_id, None)
+        self._changed(DEVICES, [device_id])
         return removed
 
     async def refresh_token(self, lookup: str) -> RefreshRecord | None:
         """The refresh token row whose lookup key matches, rotated or not."""
-        async with self._db.execute(
+        row = await self.engine.fetch_one(
             "SELECT lookup, device_id, hash, rotated FROM refresh_tokens WHERE lookup = ?", (lookup,)
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         return RefreshRecord(row[0], row[1], row[2], bool(row[3])) if row else None
 
     async def rotate_refresh_token(self, old_lookup: str, new: RefreshRecord, created_at: str) -> bool:
         """Retire `old_lookup` and store `new` in one transaction; False if it was already rotated."""
-        async with self._write_lock:
-            return await self._rotate(old_lookup, new, created_at)
-
-    async def _rotate(self, old_lookup: str, new: RefreshRecord, created_at: str) -> bool:
-        """The body of `rotate_refresh_token`, run while holding the write lock."""
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
-            cursor = await self._db.execute(
+        async with self.engine.transaction() as tx:
+            changed = await tx.execute(
                 "UPDATE refresh_tokens SET rotated = 1 WHERE lookup = ? AND rotated = 0", (old_lookup,)
             )
-            if cursor.rowcount != 1:
-                await self._db.execute("ROLLBACK")
-                return False
-            await self._db.execute(
+            if changed != 1:
+                return False  # nothing was written: committing the empty transaction is harmless
+            await tx.execute(
                 "INSERT INTO refresh_tokens (lookup, device_id, hash, created_at) VALUES (?, ?, ?, ?)",
                 (new.lookup, new.device_id, new.hash, created_at),
             )
-            await self._db.execute("COMMIT")
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
         return True
 
     async def touch_devices(self, last_seen: dict[str, str]) -> None:
@@ -436,13 +352,13 @@ class Store:
         )
         for device_id, seen in known.items():
             self._devices[device_id] = _replace_device(self._devices[device_id], last_seen=seen)
+        self._changed(DEVICES, list(known))
 
     # -- settings ----------------------------------------------------------------------------
 
     async def setting(self, key: str) -> str | None:
         """A stored setting's value."""
-        async with self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)) as cursor:
-            row = await cursor.fetchone()
+        row = await self.engine.fetch_one("SELECT value FROM settings WHERE key = ?", (key,))
         return str(row[0]) if row else None
 
     async def put_setting(self, key: str, value: str) -> None:
@@ -456,10 +372,8 @@ class Store:
 
     async def bans(self) -> list[BanRecord]:
         """Every stored ban, expired ones included (the caller filters by time)."""
-        async with self._db.execute(
-            "SELECT address, banned_until, reason, created_at FROM bans ORDER BY address"
-        ) as cursor:
-            return [BanRecord(row[0], float(row[1]), row[2], row[3]) async for row in cursor]
+        rows = await self.engine.fetch_all("SELECT address, banned_until, reason, created_at FROM bans ORDER BY address")
+        return [BanRecord(row[0], float(row[1]), row[2], row[3]) for row in rows]
 
     async def put_ban(self, ban: BanRecord) -> None:
         """Store or extend a ban."""
@@ -468,7 +382,7 @@ class Store:
                 "INSERT INTO bans (address, banned_until, reason, created_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT(address) DO UPDATE SET banned_until = excluded.banned_until, reason = excluded.reason"
             ),
-            (ban.address, ban.banned_until, ban.reason, ban.created_at),
+            (ban.address, float(ban.banned_until), ban.reason, ban.created_at),
         )])
 
     async def delete_ban(self, address: str) -> bool:
@@ -477,15 +391,43 @@ class Store:
 
     async def delete_expired_bans(self, now: float) -> int:
         """Forget bans that have run out."""
-        return await self._write([("DELETE FROM bans WHERE banned_until <= ?", (now,))])
+        return await self._write([("DELETE FROM bans WHERE banned_until <= ?", (float(now),))])
 
 
-def _app(row: Any) -> AppRecord:
+async def _open_engine(state_dir: Path, url: str) -> Engine:
+    """SQLite in `state_dir` for an empty url; PostgreSQL (asyncpg, imported only then) otherwise."""
+    if not url:
+        path = state_dir / DATABASE_NAME
+        try:
+            return await SqliteEngine.open(path)
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot open database {path}: {err}") from None
+    from osnova_server.store.postgres import DatabaseUnavailable, PostgresEngine
+
+    try:
+        return await PostgresEngine.open(url)
+    except DatabaseUnavailable:
+        raise StoreError(
+            f"cannot reach PostgreSQL at {redacted(url)}; start it, or check [store] url"
+        ) from None
+
+
+def redacted(url: str) -> str:
+    """A database URL without its password, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}{sep}{user}@{host}"
+
+
+def _app(row: Row) -> AppRecord:
     """An AppRecord from a row of the apps table."""
     return AppRecord(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), row[7])
 
 
-def _device(row: Any) -> DeviceRecord:
+def _device(row: Row) -> DeviceRecord:
     """A DeviceRecord from a row of the devices table."""
     return DeviceRecord(row[0], row[1], row[2], row[3], bool(row[4]), row[5], Role(row[6]), row[7])
 
