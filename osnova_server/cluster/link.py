@@ -86,6 +86,16 @@ class RedisLink:
         except asyncio.QueueFull:
             _LOGGER.warning("cluster bus backlog full; dropped a %s message", kind)
 
+    async def publish_now(self, kind: str, **data: Any) -> None:
+        """Publish a message before going on (not through the queue); skipped while Redis is down."""
+        if not self.up:
+            return
+        message = json.dumps({"kind": kind, "from": self.origin, **data}, separators=(",", ":")).encode()
+        try:
+            await self.client.publish(CHANNEL, message)
+        except REDIS_ERRORS as err:
+            self.mark_down(err)
+
     async def run_sender(self) -> None:
         """Background job: publish queued messages in order."""
         while True:

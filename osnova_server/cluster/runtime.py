@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any, Final
 
 import aiojobs
@@ -60,12 +61,17 @@ class Cluster:
     def follow_store(self, store: Store, tokens: TokenAuthority) -> None:
         """Keep this process's memory of the shared rows in step with the other processes' changes.
 
-        A change here is announced after its commit and before its event (one ordered channel),
-        so another process reloads the rows before it delivers the event. Only for a shared
+        A change here is announced after its commit and before the call answers or publishes its
+        event, so another process reloads the rows before it delivers the event, and a process
+        killed right after answering has told the others already. Only for a shared
         store: processes with a SQLite each have nothing to reload.
         """
         link = self.link
-        store.on_change = lambda table, keys: link.publish(INVALIDATE, table=table, keys=list(keys))
+
+        async def announce(table: str, keys: Sequence[str]) -> None:
+            await link.publish_now(INVALIDATE, table=table, keys=list(keys))
+
+        store.on_change = announce
 
         async def invalidate(message: dict[str, Any]) -> None:
             table, keys = message.get("table"), message.get("keys")

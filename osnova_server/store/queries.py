@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -33,7 +33,7 @@ _APP_COLUMNS: Final = "id, name, version, description, icon_uri, manifest_uri, m
 _DEVICE_COLUMNS: Final = "device_id, name, paired_at, last_seen, revoked, revoked_at, role, paired_by"
 
 # Told (table, keys) after a change to a hot table commits; cluster mode tells the others.
-ChangeHook = Callable[[str, Sequence[str]], None]
+ChangeHook = Callable[[str, Sequence[str]], Awaitable[None]]
 
 
 class StoreError(Exception):
@@ -184,10 +184,13 @@ class Store:
         """The ids of revoked devices, read from the database (not from memory)."""
         return {str(row[0]) for row in await self.engine.fetch_all("SELECT device_id FROM devices WHERE revoked = 1")}
 
-    def _changed(self, table: str, keys: Sequence[str]) -> None:
-        """Tell the hook (cluster mode) that rows of a hot table changed."""
+    async def _changed(self, table: str, keys: Sequence[str]) -> None:
+        """Tell the hook (cluster mode) that rows of a hot table changed, before the caller answers.
+
+        Awaited, so a process killed right after answering has already told the others.
+        """
         if self.on_change is not None and keys:
-            self.on_change(table, list(keys))
+            await self.on_change(table, list(keys))
 
     async def _write(self, changes: Iterable[tuple[str, Args]]) -> int:
         """Run statements as one committed transaction; return the last statement's rowcount."""
@@ -239,14 +242,14 @@ class Store:
         )])
         self._apps[app.id] = app
         self._app_listing = None
-        self._changed(APPS, [app.id])
+        await self._changed(APPS, [app.id])
 
     async def delete_app(self, app_id: str) -> bool:
         """Remove an app; whether it was installed."""
         removed = await self._write([("DELETE FROM apps WHERE id = ?", (app_id,))]) > 0
         self._apps.pop(app_id, None)
         self._app_listing = None
-        self._changed(APPS, [app_id])
+        await self._changed(APPS, [app_id])
         return removed
 
     # -- devices and refresh tokens ----------------------------------------------------------
@@ -287,7 +290,7 @@ class Store:
             ),
         ])
         self._devices[device.device_id] = device
-        self._changed(DEVICES, [device.device_id])
+        await self._changed(DEVICES, [device.device_id])
 
     async def revoke_device(self, device_id: str, revoked_at: str) -> bool:
         """Mark a device revoked; whether it exists."""
@@ -298,7 +301,7 @@ class Store:
         current = self._devices.get(device_id)
         if current is not None and not current.revoked:
             self._devices[device_id] = _replace_device(current, revoked=True, revoked_at=revoked_at)
-        self._changed(DEVICES, [device_id])
+        await self._changed(DEVICES, [device_id])
         return changed > 0
 
     async def set_device_role(self, device_id: str, role: Role) -> bool:
@@ -307,7 +310,7 @@ class Store:
         current = self._devices.get(device_id)
         if current is not None:
             self._devices[device_id] = _replace_device(current, role=role)
-        self._changed(DEVICES, [device_id])
+        await self._changed(DEVICES, [device_id])
         return changed > 0
 
     async def delete_device(self, device_id: str) -> bool:
@@ -317,7 +320,7 @@ class Store:
             ("DELETE FROM devices WHERE device_id = ?", (device_id,)),
         ]) > 0
         self._devices.pop(device_id, None)
-        self._changed(DEVICES, [device_id])
+        await self._changed(DEVICES, [device_id])
         return removed
 
     async def refresh_token(self, lookup: str) -> RefreshRecord | None:
@@ -352,7 +355,7 @@ class Store:
         )
         for device_id, seen in known.items():
             self._devices[device_id] = _replace_device(self._devices[device_id], last_seen=seen)
-        self._changed(DEVICES, list(known))
+        await self._changed(DEVICES, list(known))
 
     # -- settings ----------------------------------------------------------------------------
 
