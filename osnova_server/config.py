@@ -12,6 +12,7 @@ import math
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -432,7 +433,50 @@ def validate(config: Config) -> list[str]:
     if config.tls.enabled:
         for key, what in (("cert_path", "certificate"), ("key_path", "private key")):
             problems.extend(_tls_file_problem(key, what, getattr(config.tls, key), where))
+    problems.extend(_url_problem(
+        "[store] url", config.store.url, ("postgresql", "postgres"), "postgresql://osnova@127.0.0.1:5432/osnova",
+    ))
+    problems.extend(_url_problem(
+        "[cluster] redis_url", config.cluster.redis_url, ("redis", "rediss", "unix"), "redis://127.0.0.1:6379/0",
+    ))
     return problems
+
+
+def _url_problem(where: str, url: str, schemes: tuple[str, ...], example: str) -> list[str]:
+    """Return a problem line if a non-empty engine URL does not parse as one of `schemes` (syntax only)."""
+    if not url:
+        return []
+    fix = f'use e.g. "{example}", or "" for {"SQLite in state_dir" if "store" in where else "one process"}'
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises ValueError when out of range or not a number
+    except ValueError as err:
+        return [f"{where} {redacted_url(url)!r} does not parse ({err}); {fix}"]
+    if parts.scheme not in schemes:
+        return [f"{where} must start with {' or '.join(s + '://' for s in schemes)}, not {redacted_url(url)!r}; {fix}"]
+    if parts.scheme == "unix":
+        return [] if parts.path else [f"{where} {url!r} names no socket path; {fix}"]
+    query_host = "host=" in parts.query  # libpq: a Unix-socket directory given as ?host=/run/postgresql
+    if not parts.hostname and not query_host:
+        return [f"{where} {redacted_url(url)!r} names no host; {fix}"]
+    if port == 0:
+        return [f"{where} {redacted_url(url)!r} has port 0; {fix}"]
+    path = parts.path.lstrip("/")
+    if parts.scheme.startswith("postgres") and not path:
+        return [f"{where} {redacted_url(url)!r} names no database (the part after the last /); {fix}"]
+    if parts.scheme.startswith("redis") and path and not path.isdigit():
+        return [f"{where} {redacted_url(url)!r}: the database after the / must be a number such as 0; {fix}"]
+    return []
+
+
+def redacted_url(url: str) -> str:
+    """An engine URL without its password, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    user, colon, _ = credentials.partition(":")
+    if not at or not colon:
+        return url
+    return f"{scheme}{sep}{user}:***@{host}"
 
 
 def _tls_file_problem(key: str, what: str, path: str, where: str) -> list[str]:

@@ -13,10 +13,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import aiojobs
 
+from osnova_server import __version__
 from osnova_server.config import Config
 from osnova_server.errors import Unauthorized
 from osnova_server.events import Bus, Event, EventBus
@@ -116,6 +117,16 @@ class Runtime:
             voided,
         )
         audit("auth.secret_rotated", codes_voided=voided)
+
+    def describe_instance(self) -> dict[str, Any]:
+        """What the cluster's list of instances says about this process."""
+        config = self.config
+        return {
+            "address": f"{config.scheme}://{config.server.bind_address}",
+            "version": __version__,
+            "uptime": round(self.uptime, 3),
+            "connections": self.connection_count(),
+        }
 
     async def verify_again(self, token: str, refusal: TokenInvalid) -> Claims:
         """After `refusal`, the claims anyway if the token's device was just paired on another process.
@@ -233,6 +244,7 @@ async def open_runtime(config: Config) -> AsyncIterator[Runtime]:
             cluster.follow_revocations(tokens)
             if config.store.url:
                 cluster.follow_store(store, tokens)
+            cluster.register_instance(lambda: runtime.instance_name, runtime.describe_instance)
             await cluster.start(scheduler)
         runtime.tokens.load_revoked(d.device_id for d in store.devices() if d.revoked)
         # Bans and last-seen times are written by background jobs, and once more at shutdown,

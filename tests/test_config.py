@@ -613,3 +613,41 @@ def test_discovery_mdns_refuses_anything_else(tmp_path: Path, text: str, problem
     with pytest.raises(ConfigError) as raised:
         config_module.load(path)
     assert raised.value.problems == [problem]
+
+
+# -- cluster mode's engine URLs (CONTRACT 8): their syntax is checked, nothing is connected to -------
+
+STORE_FIX: Final = 'use e.g. "postgresql://osnova@127.0.0.1:5432/osnova", or "" for SQLite in state_dir'
+REDIS_FIX: Final = 'use e.g. "redis://127.0.0.1:6379/0", or "" for one process'
+BAD_URLS: Final = [
+    ("store scheme", '[store]\nurl = "mysql://db/osnova"\n',
+     f"[store] url must start with postgresql:// or postgres://, not 'mysql://db/osnova'; {STORE_FIX}"),
+    ("store no database", '[store]\nurl = "postgresql://osnova@db:5432"\n',
+     f"[store] url 'postgresql://osnova@db:5432' names no database (the part after the last /); {STORE_FIX}"),
+    ("store bad port", '[store]\nurl = "postgresql://db:99999/osnova"\n',
+     f"[store] url 'postgresql://db:99999/osnova' does not parse (Port out of range 0-65535); {STORE_FIX}"),
+    ("store password hidden", '[store]\nurl = "postgresql://osnova:hunter2@:5432/osnova"\n',
+     f"[store] url 'postgresql://osnova:***@:5432/osnova' names no host; {STORE_FIX}"),
+    ("redis scheme", '[cluster]\nredis_url = "http://127.0.0.1:6379"\n',
+     f"[cluster] redis_url must start with redis:// or rediss:// or unix://, not 'http://127.0.0.1:6379'; {REDIS_FIX}"),
+    ("redis database", '[cluster]\nredis_url = "redis://127.0.0.1:6379/zero"\n',
+     f"[cluster] redis_url 'redis://127.0.0.1:6379/zero': the database after the / must be a number such as 0; {REDIS_FIX}"),
+]
+
+
+@pytest.mark.parametrize(("extra", "expected"), [case[1:] for case in BAD_URLS], ids=[case[0] for case in BAD_URLS])
+def test_engine_urls_that_do_not_parse_are_one_line_exit_2(tmp_path: Path, extra: str, expected: str) -> None:
+    path = _write(tmp_path / "server.toml", _base(tmp_path) + extra)
+    assert _refused(cli("--config", str(path), "check-config")) == [expected]
+    assert "hunter2" not in expected
+
+
+@pytest.mark.parametrize("extra", [
+    '[store]\nurl = "postgresql://osnova@127.0.0.1:5432/osnova"\n[cluster]\nredis_url = "redis://127.0.0.1:6379/0"\n',
+    '[store]\nurl = "postgres:///osnova?host=/run/postgresql"\n',
+    '[cluster]\nredis_url = "unix:///run/redis/redis-server.sock"\n',
+])
+def test_engine_urls_that_parse_are_ok_without_connecting(tmp_path: Path, extra: str) -> None:
+    path = _write(tmp_path / "server.toml", _base(tmp_path) + extra)
+    done = cli("--config", str(path), "check-config")
+    assert (done.returncode, done.stdout.strip()) == (0, "config OK"), done.stderr

@@ -12,13 +12,25 @@ import sys
 from collections.abc import Sequence
 
 from osnova_server import __version__
-from osnova_server.cli import apps, backup, cert, completion, devices, rpc, serve, setup, status, systemd_unit
+from osnova_server.cli import (
+    apps,
+    backup,
+    cert,
+    completion,
+    devices,
+    migrate,
+    rpc,
+    serve,
+    setup,
+    status,
+    systemd_unit,
+)
 from osnova_server.cli.common import EXIT_FAILURE, PROG, CommandError, Parser
 
 __all__ = ["build_parser", "main"]
 
 # The order `--help` lists the command groups in.
-_GROUPS = (setup, serve, status, rpc, devices, apps, backup, cert, systemd_unit, completion)
+_GROUPS = (setup, serve, migrate, status, rpc, devices, apps, backup, cert, systemd_unit, completion)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -99,8 +99,10 @@ def render(status: dict[str, Any]) -> list[str]:
         f"{status['connections']} of {status['max_connections']} WebSockets, "
         f"{status['active_sessions']} devices seen in the last 5 minutes"
     )
+    instance = [f"instance      {status['instance']}"] if status.get("instance") else []
     return [
         f"osnova-server {status['version']}: {status['status']}",
+        *instance,
         f"uptime        {duration(status['uptime'])}",
         f"address       {address}",
         f"this machine  {status['local_url']}",
@@ -127,6 +129,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     for line in render(status):
         print(line)
     table([["  NAME", "KIND", "STATUS"]] + [[f"  {s['name']}", s["kind"], s["status"]] for s in status["services"]])
+    if status.get("instances"):
+        # Cluster mode: every process the shared Redis knows to be alive.
+        print("instances")
+        table([["  NAME", "ADDRESS", "VERSION", "UPTIME", "WEBSOCKETS"]] + [
+            [f"  {i['name']}", i["address"], i["version"], duration(i["uptime"]), str(i["connections"])]
+            for i in status["instances"]
+        ])
     return EXIT_OK
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import aiojobs
 
 from osnova_server.cluster.bans import SharedBans
 from osnova_server.cluster.events import SharedEventBus
+from osnova_server.cluster.instances import InstanceRegistry
 from osnova_server.cluster.link import RedisLink
 from osnova_server.cluster.pairing import SharedPairingCodes
 from osnova_server.cluster.ratelimit import SharedRateLimiter
@@ -48,6 +49,7 @@ class Cluster:
         self.slots = SharedSlots(self.link)
         self._jobs: list[aiojobs.Job[None]] = []
         self._store: Store | None = None
+        self.instances: InstanceRegistry | None = None
         self._tokens: TokenAuthority | None = None
 
     def pairing(self, local: PairingCodes) -> SharedPairingCodes:
@@ -145,19 +147,27 @@ class Cluster:
 
         self.events.listen(listener)
 
+    def register_instance(self, name: Callable[[], str], describe: Callable[[], dict[str, Any]]) -> None:
+        """List this process among the cluster's instances (`status` shows them all)."""
+        self.instances = InstanceRegistry(self.link, name, describe)
+
     async def start(self, scheduler: aiojobs.Scheduler) -> None:
         """Start the listener, sender and lease renewer; wait a little for Redis to answer."""
         jobs = [self.link.run_listener(), self.link.run_sender(), self.slots.run_renewer()]
         if self._store is not None:
             jobs += [self.run_revocation_poller(), self.run_cache_refresher()]
+        if self.instances is not None:
+            jobs.append(self.instances.run())
         for job in jobs:
             self._jobs.append(await scheduler.spawn(job))
         await self.link.connect(CONNECT_TIMEOUT)
 
     async def close(self) -> None:
-        """Stop the jobs and close the connection."""
+        """Stop the jobs, leave the list of instances and close the connection."""
         while self._jobs:
             await self._jobs.pop().close()
+        if self.instances is not None and self.link.up:
+            await self.instances.leave()
         await self.link.close()
 
     async def status(self) -> str:

@@ -202,16 +202,16 @@ class DeviceRegistry:
             raise CallerRevoked()
         return device.role
 
-    def _known(self, device_id: str) -> DeviceRecord:
-        """The device's record, or NotFound naming the id."""
-        device = self._store.device(device_id)
+    async def _known(self, device_id: str) -> DeviceRecord:
+        """The device's record, or NotFound naming the id (on a shared store, looked up if not in memory)."""
+        device = await self._store.find_device(device_id)
         if device is None:
             raise NotFound(f"no paired device has the id {device_id!r}; see `osnova-server devices list`")
         return device
 
     async def set_role(self, device_id: str, role: Role, by: str, remote: str) -> None:
         """Give a device another role; it applies from the device's next call."""
-        device = self._known(device_id)
+        device = await self._known(device_id)
         if device.role is role:
             return
         await self._store.set_device_role(device_id, role)
@@ -220,7 +220,7 @@ class DeviceRegistry:
 
     async def remove(self, device_id: str, by: str, remote: str) -> None:
         """Forget a revoked device; a live one is refused (revoke it first)."""
-        device = self._known(device_id)
+        device = await self._known(device_id)
         if not device.revoked:
             raise Forbidden(
                 f"device {device_id} is not revoked; revoke it first (devices.revoke), then remove it"
@@ -233,7 +233,7 @@ class DeviceRegistry:
 
     async def revoke(self, device_id: str, by: str, remote: str) -> None:
         """Refuse the device's tokens from now on and tell its open sockets to close."""
-        self._known(device_id)
+        await self._known(device_id)
         # Memory first: from this line on no request of the device is served, even while the
         # store commits (if the commit fails, the device stays refused until a restart).
         self._tokens.revoke_device(device_id)

@@ -9,7 +9,7 @@ two dialects differ in this schema only by their placeholders (see the issue 16 
 
 from __future__ import annotations
 
-from osnova_server.store.queries import DATABASE_NAME, Store, StoreError, redacted
+from osnova_server.store.queries import DATABASE_NAME, Store, StoreError
 from osnova_server.store.records import AppRecord, BanRecord, DeviceRecord, RefreshRecord
 from osnova_server.store.schema import MIGRATIONS, SCHEMA_VERSION
 
@@ -23,5 +23,4 @@ __all__ = [
     "RefreshRecord",
     "Store",
     "StoreError",
-    "redacted",
 ]

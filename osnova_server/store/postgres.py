@@ -96,6 +96,8 @@ class PostgresEngine:
         self._lock = asyncio.Lock()
         self._retry_at = 0.0
         self._backoff = BACKOFF_FIRST
+        # Until opened, a failure is the caller's one-line StoreError, not a warning of ours.
+        self._opened = False
 
     @classmethod
     async def open(cls, url: str) -> PostgresEngine:
@@ -103,7 +105,10 @@ class PostgresEngine:
         engine = cls(url)
         await engine._get_pool()
         async with engine.transaction() as tx:
+            # Under the migrations' lock: two processes starting on an empty database at once.
+            await tx.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
             await tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        engine._opened = True
         return engine
 
     async def _get_pool(self) -> asyncpg.Pool:
@@ -130,7 +135,7 @@ class PostgresEngine:
 
     def _failed(self, err: BaseException) -> None:
         """Note a lost connection: try again only after the backoff."""
-        if self._backoff == BACKOFF_FIRST:
+        if self._backoff == BACKOFF_FIRST and self._opened:
             _LOGGER.warning("PostgreSQL is unreachable (%s); calls that need it fail until it is back", err)
         self._retry_at = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, BACKOFF_MAX)

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from osnova_server.config import redacted_url
 from osnova_server.security.roles import Role
 from osnova_server.snapshot import SnapshotError, save_pre_migration_copy
 from osnova_server.store.engine import Args, Engine, Row, SqliteEngine
@@ -411,18 +412,8 @@ async def _open_engine(state_dir: Path, url: str) -> Engine:
         return await PostgresEngine.open(url)
     except DatabaseUnavailable:
         raise StoreError(
-            f"cannot reach PostgreSQL at {redacted(url)}; start it, or check [store] url"
+            f"cannot reach PostgreSQL at {redacted_url(url)}; start it, or check [store] url"
         ) from None
-
-
-def redacted(url: str) -> str:
-    """A database URL without its password, for messages and logs."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not at:
-        return url
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}{sep}{user}@{host}"
 
 
 def _app(row: Row) -> AppRecord:

@@ -23,4 +23,6 @@ async def status_get(ctx: Context) -> dict[str, Any]:
     }
     if ctx.runtime.clustered:
         answer["instance"] = ctx.runtime.instance_name
+    if ctx.runtime.cluster is not None and ctx.runtime.cluster.instances is not None:
+        answer["instances"] = await ctx.runtime.cluster.instances.everyone()
     return answer
