@@ -367,3 +367,39 @@ def test_restore_of_something_that_is_not_a_backup(tmp_path: Path) -> None:
     missing = cli("--config", str(path), "restore", str(tmp_path / "nope.tar"))
     assert missing.returncode == 1
     assert missing.stderr == f"osnova-server: backup {tmp_path / 'nope.tar'} not found\n"
+
+
+async def test_a_secret_file_outside_the_state_dir_goes_back_to_its_place(tmp_path: Path) -> None:
+    secret = tmp_path / "etc" / "jwt.secret"
+    config = make_config(tmp_path / "state", auth={"jwt_secret": "", "jwt_secret_file": str(secret)})
+    config = config_module.replace(config, "server", bind_address=f"127.0.0.1:{free_port()}")
+    path = write_config(tmp_path / "server.toml", config)
+    archive = await _populated_backup(tmp_path, config_module.load(path), path)
+    assert "secret/jwt.secret" in _members(archive)
+    original = secret.read_bytes()
+    secret.write_text("f" * 64 + "\n")  # replaced since the backup
+    shutil.rmtree(tmp_path / "state")
+
+    result = cli("--config", str(path), "restore", str(archive))
+
+    assert result.returncode == 0, result.stderr
+    assert f"wrote the JWT secret file {secret}" in result.stdout
+    assert secret.read_bytes() == original
+    assert secret.stat().st_mode & 0o777 == 0o600
+    [aside] = [p for p in secret.parent.iterdir() if p.name.startswith("jwt.secret.pre-restore-")]
+    assert aside.read_text() == "f" * 64 + "\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files to another user")
+async def test_a_restore_by_root_gives_the_files_to_the_state_dirs_owner(tmp_path: Path) -> None:
+    config, path = _setup(tmp_path)
+    archive = await _populated_backup(tmp_path, config, path)
+    owner = 4321  # the server's user, as systemd's User= would make it
+    for item in [tmp_path / "state", *(tmp_path / "state").rglob("*")]:
+        os.chown(item, owner, owner)
+
+    result = cli("--config", str(path), "restore", str(archive), "--force")
+
+    assert result.returncode == 0, result.stderr
+    restored = [tmp_path / "state", *(tmp_path / "state").rglob("*")]
+    assert {(item.stat().st_uid, item.stat().st_gid) for item in restored} == {(owner, owner)}
