@@ -110,7 +110,8 @@ def write_backup(paths: StatePaths, output: Path, force: bool = False) -> Backup
     try:
         snapshot = work / DATABASE_NAME
         schema_version = snapshot_database(paths.state_dir / DATABASE_NAME, snapshot)
-        members = list(_members(paths, snapshot))
+        # A backup written into the state dir must not hold itself or its own work files.
+        members = list(_members(paths, snapshot, leave_out={output, work}))
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -147,18 +148,18 @@ def write_backup(paths: StatePaths, output: Path, force: bool = False) -> Backup
     return BackupReport(output, schema_version, [MANIFEST_NAME, *(name for name, _ in members)])
 
 
-def _members(paths: StatePaths, snapshot: Path) -> Iterator[tuple[str, Path]]:
-    """(archive name, file to read) for everything a backup holds."""
+def _members(paths: StatePaths, snapshot: Path, leave_out: set[Path]) -> Iterator[tuple[str, Path]]:
+    """(archive name, file to read) for everything a backup holds, but the paths in `leave_out`."""
     yield f"{STATE_PREFIX}{DATABASE_NAME}", snapshot
     state_dir = paths.state_dir
     for directory, subdirs, files in os.walk(state_dir):
         here = Path(directory)
-        if here == state_dir:
-            subdirs[:] = [d for d in subdirs if d != BACKUPS_DIR]
-        subdirs.sort()
+        subdirs[:] = sorted(
+            d for d in subdirs if here / d not in leave_out and not (here == state_dir and d == BACKUPS_DIR)
+        )
         for name in sorted(files):
             path = here / name
-            if here == state_dir and name in _SKIPPED_NAMES:
+            if path in leave_out or (here == state_dir and name in _SKIPPED_NAMES):
                 continue
             if name.startswith(".") and name.endswith(".tmp"):
                 continue  # a durable write in progress (files.py); the file it becomes is taken

@@ -403,3 +403,14 @@ async def test_a_restore_by_root_gives_the_files_to_the_state_dirs_owner(tmp_pat
     assert result.returncode == 0, result.stderr
     restored = [tmp_path / "state", *(tmp_path / "state").rglob("*")]
     assert {(item.stat().st_uid, item.stat().st_gid) for item in restored} == {(owner, owner)}
+
+
+async def test_a_backup_written_into_the_state_dir_does_not_hold_itself(tmp_path: Path) -> None:
+    config, path = _setup(tmp_path)
+    await _populated_backup(tmp_path, config, path)
+    inside = tmp_path / "state" / "in-state.tar"
+    result = cli("--config", str(path), "backup", "--output", str(inside))
+    assert result.returncode == 0, result.stderr
+    names = set(_members(inside))
+    assert "state/osnova.db" in names
+    assert not any(name.startswith(("state/in-state", "state/.osnova-backup-")) for name in names), names

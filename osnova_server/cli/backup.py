@@ -17,7 +17,8 @@ def state_paths(config: Config) -> StatePaths:
     """What a backup of `config`'s installation holds, and where it goes back to."""
     from osnova_server.backup import StatePaths
 
-    return StatePaths(config.state_dir, config.secret_file, config.source)
+    source = config.source.absolute() if config.source is not None else None
+    return StatePaths(config.state_dir.absolute(), config.secret_file.absolute(), source)
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
