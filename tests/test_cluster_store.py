@@ -110,3 +110,23 @@ async def _installs(server: object, uri: str) -> bool:
         return bool(await call(server, "apps.install", {"manifest_uri": uri}))  # type: ignore[arg-type]
     except Exception:  # noqa: BLE001 - still down: poll again
         return False
+
+
+async def test_with_redis_down_a_revocation_on_a_is_read_from_postgresql_by_b(
+    tmp_path: Path, own_redis: services.RedisServer, pg_url: str,
+) -> None:
+    async with two_servers(tmp_path, own_redis.url, pg_url, **NO_BANS) as (a, b):
+        grant = await pair(a, b)
+        await wait_for(lambda: b.runtime.store.device(grant["device_id"]), what="B knowing the device")
+        async with socket(b, grant["access_token"]) as ws:
+            own_redis.stop()
+            assert await call(a, "devices.revoke", {"device_id": grant["device_id"]}) is True
+            # No bus: B finds the revocation in PostgreSQL on its next look (every 2 s).
+            await ws.receive(timeout=10)
+        assert ws.close_code == 4401
+        assert b.runtime.tokens.is_revoked(grant["device_id"])
+        async with aiohttp.ClientSession() as session, session.post(
+            f"{b.url}/rpc", json={"jsonrpc": "2.0", "method": "config.getServer", "id": 1},
+            headers={"Authorization": f"Bearer {grant['access_token']}"},
+        ) as answer:
+            assert answer.status == 401
