@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Final
 
 from aiohttp import web
 
@@ -13,6 +14,7 @@ from osnova_server.rpc.protocol import Dispatcher
 from osnova_server.runtime import Runtime, open_runtime
 from osnova_server.web.auth import setup_auth
 from osnova_server.web.ban import setup_ban
+from osnova_server.web.body import setup_body
 from osnova_server.web.cors import setup_cors
 from osnova_server.web.errors import setup_errors
 from osnova_server.web.forwarded import setup_forwarded
@@ -21,28 +23,50 @@ from osnova_server.web.keys import STATE_KEY, ServerState
 from osnova_server.web.metrics import setup_metrics
 from osnova_server.web.routes import setup_routes
 from osnova_server.web.rpc_view import openrpc_view, rpc_view
+from osnova_server.web.timeouts import setup_timeouts
 from osnova_server.web.websocket import setup_websocket
+
+# Seconds the rest of a refused request's body is read (and dropped) before the connection closes.
+LINGERING_TIME: Final = 2.0
 
 
 def create_app(config: Config) -> web.Application:
     """Build the application for `config`; its runtime opens on startup and closes on cleanup."""
-    app = web.Application(client_max_size=config.limits.max_body_bytes, handler_args={"max_field_size": 16384})
+    app = web.Application(
+        client_max_size=config.limits.max_body_bytes,
+        handler_args={
+            "max_field_size": 16384,
+            "keepalive_timeout": config.limits.keepalive_timeout,
+            # Nothing is ever inflated: encoded bodies are refused (415), and aiohttp's reading of
+            # an unread body's rest would otherwise decompress it (the 1 MiB -> 1 GiB gzip bomb).
+            "auto_decompress": False,
+            # After an early refusal (401, 413, 415) the rest of the body is read and dropped for
+            # this long, so the client sees the answer instead of a reset.
+            "lingering_time": LINGERING_TIME,
+        },
+    )
     metrics = Metrics()
     state = ServerState(metrics)
     app[STATE_KEY] = state
 
     # Middleware order, outermost first, and why:
+    # timeouts  - stops the connection's header clock the moment a request starts, whatever
+    #             answers it (and starts it again once the answer is out);
     # errors    - shapes every refusal below it (and any bug) into a JSON answer;
     # forwarded - decides the client address that the ban list, limiter and audit log key on;
     # ban       - turns banned addresses away with one dict lookup, before any other work;
-    # auth      - verifies a bearer token before the body is read, so a bad token costs nothing.
+    # auth      - verifies a bearer token before the body is read, so a bad token costs nothing;
+    # body      - refuses encoded bodies (415) and reads the body within body_timeout (408),
+    #             only once everything that can refuse without it has.
     # CORS (aiohttp-cors) is a response hook plus OPTIONS routes, not a middleware, so it is set
     # up after every route exists; rate limiting is charged in the /rpc and /ws handlers because
     # a batch costs one token per member.
+    setup_timeouts(app)
     setup_errors(app)
     setup_forwarded(app, config.server.trusted_proxies)
     setup_ban(app)
     setup_auth(app)
+    setup_body(app)
     setup_headers(app)
 
     setup_routes(app)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import os
 import signal
@@ -32,6 +33,13 @@ from osnova_server.security.tls import TlsError, certificate_not_after, create_s
 from osnova_server.statelock import StateDirBusy, StateDirLockError
 from osnova_server.store import StoreError
 from osnova_server.web.access_log import AccessLog
+from osnova_server.web.connections import (
+    ConnectionLimits,
+    DescriptorShortage,
+    GuardedSite,
+    descriptor_problem,
+    raise_descriptor_limit,
+)
 from osnova_server.web.keys import STATE_KEY
 from osnova_server.web.pool import WS_UNAUTHORIZED
 from osnova_server.web.websocket import POOL_KEY
@@ -56,6 +64,10 @@ RESTART_ONLY: Final = (
     ("logging", "file"),
     ("logging", "access_log"),
     ("limits", "max_body_bytes"),
+    ("limits", "max_connections"),
+    ("limits", "max_connections_per_address"),
+    ("limits", "header_timeout"),
+    ("limits", "keepalive_timeout"),
     ("metrics", "allow_from"),
     ("apps", "allow_http"),
     ("apps", "ant_gateway"),
@@ -87,6 +99,10 @@ class Server:
             shutdown_timeout=float(config.server.shutdown_timeout),
         )
         self.stopping = asyncio.Event()
+        limits = config.limits
+        proxies = [ipaddress.ip_network(proxy, strict=False) for proxy in config.server.trusted_proxies]
+        self.connections = ConnectionLimits(limits.max_connections, limits.max_connections_per_address, proxies)
+        self._shortage: DescriptorShortage | None = None
 
     async def start(self) -> None:
         """Open the runtime and bind the listening socket."""
@@ -95,6 +111,9 @@ class Server:
             configured_secret(self.config)
         except ConfigError as err:
             raise StartupError("\n".join(err.problems), EXIT_USAGE) from None
+        problem = descriptor_problem(self.config.limits.max_connections, raise_descriptor_limit())
+        if problem is not None:
+            raise StartupError(problem, EXIT_USAGE)
         if self.config.tls.enabled:
             try:
                 self.ssl_context = create_ssl_context(Path(self.config.tls.cert_path), Path(self.config.tls.key_path))
@@ -106,13 +125,16 @@ class Server:
             raise StartupError("\n".join(err.problems), EXIT_USAGE) from None
         except (StoreError, StateDirBusy, StateDirLockError) as err:
             raise StartupError(str(err), EXIT_FAILURE) from None
-        site = web.TCPSite(
-            self.runner, self.config.host, self.config.port, ssl_context=self.ssl_context, reuse_address=True,
+        site = GuardedSite(
+            self.runner, self.config.host, self.config.port, self.connections,
+            self.config.limits.header_timeout, self.ssl_context,
         )
+        self._shortage = DescriptorShortage(asyncio.get_running_loop())
+        self._shortage.install()
         try:
             await site.start()
         except OSError as err:
-            await self.runner.cleanup()
+            await self.stop()
             if err.errno == errno.EADDRINUSE:
                 raise StartupError(f"address {self.config.server.bind_address} is already in use") from None
             if err.errno == errno.EACCES:
@@ -222,7 +244,12 @@ class Server:
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish within the grace period, close."""
-        await self.runner.cleanup()
+        try:
+            await self.runner.cleanup()
+        finally:
+            if self._shortage is not None:
+                self._shortage.uninstall()
+                self._shortage = None
 
 
 def _as_dict(section: object) -> dict[str, object]:
@@ -230,9 +257,9 @@ def _as_dict(section: object) -> dict[str, object]:
     return {name: getattr(section, name) for name in section.__slots__}  # type: ignore[attr-defined]
 
 
-def _bound_address(site: web.TCPSite) -> str | None:
+def _bound_address(site: GuardedSite) -> str | None:
     """The name of the bound socket, e.g. 127.0.0.1:8080."""
-    server = site._server  # aiohttp keeps the asyncio server here; only read for the log line
+    server = site.server
     sockets = getattr(server, "sockets", None) or []
     for sock in sockets:
         host, port = sock.getsockname()[:2]

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
+from osnova_server.web.connections import plain_address
 from osnova_server.web.keys import REMOTE_KEY
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -48,7 +49,7 @@ def setup_forwarded(app: web.Application, trusted_proxies: Sequence[str]) -> Non
 
     @web.middleware
     async def forwarded_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        peer = request.remote or "unknown"
+        peer = plain_address(request.remote or "unknown")
         if proxies:
             peer = client_address(peer, request.headers.get(hdrs.X_FORWARDED_FOR), proxies)
         request[REMOTE_KEY] = peer
