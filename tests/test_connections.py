@@ -357,7 +357,7 @@ async def test_running_out_of_descriptors_is_logged_once_a_minute(
 
 
 def test_the_systemd_unit_allows_more_descriptors_than_max_connections() -> None:
-    unit = (Path(__file__).parent.parent / "systemd" / "osnova-server.service").read_text()
+    unit = (Path(__file__).parent.parent / "osnova_server" / "units" / "osnova-server.service").read_text()
     values = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("LimitNOFILE=")]
     assert len(values) == 1
     default = config_module.LimitsSection().max_connections
