@@ -19,8 +19,10 @@ from osnova_server.web.cors import setup_cors
 from osnova_server.web.errors import setup_errors
 from osnova_server.web.forwarded import setup_forwarded
 from osnova_server.web.headers import setup_headers
+from osnova_server.web.host import setup_host
 from osnova_server.web.keys import STATE_KEY, ServerState
 from osnova_server.web.metrics import setup_metrics
+from osnova_server.web.origin import setup_origin
 from osnova_server.web.routes import setup_routes
 from osnova_server.web.rpc_view import openrpc_view, rpc_view
 from osnova_server.web.timeouts import setup_timeouts
@@ -54,6 +56,9 @@ def create_app(config: Config) -> web.Application:
     #             answers it (and starts it again once the answer is out);
     # errors    - shapes every refusal below it (and any bug) into a JSON answer;
     # forwarded - decides the client address that the ban list, limiter and audit log key on;
+    # host      - 421 for a Host this server is not (DNS rebinding), before anything can run;
+    # origin    - 403 for a foreign web page on /rpc and /ws, before the token is looked at (the
+    #             ban check below may look at one) and without counting towards a ban;
     # ban       - turns banned addresses away with one dict lookup, before any other work;
     # auth      - verifies a bearer token before the body is read, so a bad token costs nothing;
     # body      - refuses encoded bodies (415) and reads the body within body_timeout (408),
@@ -64,6 +69,8 @@ def create_app(config: Config) -> web.Application:
     setup_timeouts(app)
     setup_errors(app)
     setup_forwarded(app, config.server.trusted_proxies)
+    setup_host(app)
+    setup_origin(app)
     setup_ban(app)
     setup_auth(app)
     setup_body(app)

@@ -38,6 +38,8 @@ def make_config(state_dir: Path, **sections: dict[str, Any]) -> Config:
     config = config_module.replace(config, "auth", jwt_secret=TEST_SECRET)
     config = config_module.replace(config, "logging", level="warning", format="text")
     config = config_module.replace(config, "rate_limit", requests_per_second=10_000.0, burst_size=10_000)
+    # Every test client is on loopback, which [ban] ignore spares by default: ban it like any address.
+    config = config_module.replace(config, "ban", ignore=[])
     for section, changes in sections.items():
         config = config_module.replace(config, section, **changes)
     return config

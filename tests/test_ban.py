@@ -271,3 +271,36 @@ async def test_reload_changes_the_threshold(osnova: RunningServer, state_dir: Pa
     async with session_from(ATTACKER) as session:
         assert [await bad_token_call(session, osnova.url) for _ in range(3)] == [401, 401, 403]
 
+
+
+# -- [ban] ignore ---------------------------------------------------------------------------------
+
+
+async def test_ignored_addresses_are_never_counted_nor_banned(store: Store) -> None:
+    bans = BanList(store, settings(ignore=["127.0.0.0/8", "::1/128", "192.168.1.0/24"]), FakeClock(NOW))
+    for address in ("127.0.0.1", "::1", "192.168.1.7", "::ffff:127.0.0.1"):
+        for _ in range(5):
+            assert bans.record_failure(address) is None
+        assert bans.failures(address) == 0 and bans.banned(address) is None
+    for _ in range(3):
+        bans.record_failure("192.168.2.7")
+    assert bans.banned("192.168.2.7") is not None
+
+
+async def test_a_ban_on_an_address_later_ignored_is_not_enforced(store: Store) -> None:
+    bans = BanList(store, settings(ignore=[]), FakeClock(NOW))
+    bans.ban("10.0.0.5", "test")
+    assert bans.banned("10.0.0.5") is not None
+    bans.reconfigure(settings(ignore=["10.0.0.0/8"]))  # a SIGHUP adding it to the list
+    assert bans.banned("10.0.0.5") is None
+    bans.reconfigure(settings(ignore=[]))
+    assert bans.banned("10.0.0.5") is not None
+
+
+async def test_loopback_is_ignored_by_default(state_dir: Path) -> None:
+    config = make_config(state_dir, ban={"ignore": BanSection().ignore, "max_failures": 2})
+    async with running_server(config) as server, session_from("127.0.0.9") as session:
+        for _ in range(4):
+            assert await bad_token_call(session, server.url) == 401
+        assert server.runtime.bans.banned("127.0.0.9") is None
+        assert await health_status(session, server.url) == 200

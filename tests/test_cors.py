@@ -85,7 +85,7 @@ async def test_actual_requests(cors_server: RunningServer, http: aiohttp.ClientS
         assert answer.headers["Access-Control-Allow-Origin"] == APP_ORIGIN
         assert set(answer.headers["Access-Control-Expose-Headers"].split(",")) == {"Retry-After", "WWW-Authenticate"}
     async with http.post(f"{cors_server.url}/rpc", data=call, headers={"Origin": OTHER_ORIGIN}) as answer:
-        assert answer.status == 200  # CORS is the browser's to enforce; the answer just lacks the grant
+        assert answer.status == 403  # a foreign page's call is refused outright (web/origin.py)
         assert "Access-Control-Allow-Origin" not in answer.headers
         assert "Origin" in answer.headers["Vary"]
     async with http.post(f"{cors_server.url}/rpc", data=call) as answer:

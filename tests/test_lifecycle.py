@@ -348,7 +348,7 @@ class TlsConnection:
 
     def health(self) -> int:
         """GET /health on this connection, keeping it open; return the status code."""
-        self.sock.sendall(b"GET /health HTTP/1.1\r\nHost: osnova\r\nConnection: keep-alive\r\n\r\n")
+        self.sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n")
         status = int(self.reader.readline().split()[1])
         length = 0
         while (line := self.reader.readline()) not in (b"\r\n", b""):

@@ -13,7 +13,12 @@ from aiohttp import web
 from osnova_server.events import Event
 from osnova_server.metrics import Metrics
 from osnova_server.security.tokens import Claims, Scope
-from osnova_server.web.pool import CLIENT_NOT_READING, MAX_AUTHENTICATING, ClientConnection, ConnectionPool
+from osnova_server.web.pool import (
+    MAX_AUTHENTICATING,
+    MAX_AUTHENTICATING_PER_ADDRESS,
+    ClientConnection,
+    ConnectionPool,
+)
 
 
 class Clock:
@@ -33,9 +38,9 @@ def claims_of(device_id: str | None, expires_in: float = 3600.0) -> Claims:
     return Claims(device_id or "admin", device_id, scope, "jti", now, now + expires_in)
 
 
-def connection_in(pool: ConnectionPool, queue_size: int = 1024) -> ClientConnection:
+def connection_in(pool: ConnectionPool, max_queue_bytes: int = 1 << 20, address: str = "192.0.2.1") -> ClientConnection:
     """A connection over a WebSocket that was never upgraded (nothing goes on a wire)."""
-    return ClientConnection(pool, web.WebSocketResponse(), "192.0.2.1", queue_size=queue_size)
+    return ClientConnection(pool, web.WebSocketResponse(), address, max_queue_bytes=max_queue_bytes)
 
 
 def gauge(metrics: Metrics) -> float:
@@ -62,9 +67,10 @@ async def test_slots_are_bounded_by_max_clients_and_freed_by_release() -> None:
 
 async def test_authenticating_sockets_hold_no_slot_and_are_bounded() -> None:
     pool = ConnectionPool(max_clients=1)
-    waiting = [connection_in(pool) for _ in range(MAX_AUTHENTICATING)]
+    waiting = [connection_in(pool, address=f"192.0.2.{i // 4}") for i in range(MAX_AUTHENTICATING)]
     assert all(pool.wait_for_auth(c) for c in waiting)
-    assert not pool.wait_for_auth(connection_in(pool))
+    assert not pool.wait_for_auth(connection_in(pool, address="192.0.2.99"))
+    assert pool.auth_refusal("192.0.2.99") == "16 WebSockets are authenticating at once"
     assert pool.authenticating == MAX_AUTHENTICATING and len(pool) == 0 and not pool.full
     assert pool.admit(waiting[0])  # moves from waiting to a slot
     assert pool.authenticating == MAX_AUTHENTICATING - 1 and len(pool) == 1
@@ -113,9 +119,9 @@ async def test_deliver_encodes_once_and_reaches_only_subscribers() -> None:
     other.unsubscribe(["apps.installed"])
     subscribed.subscribe(["apps.installed"])  # twice is once
     pool.deliver(Event("apps.installed", {"id": "ant://a", "name": "A", "version": "1"}))
-    assert subscribed.outgoing.qsize() == 1
-    assert other.outgoing.empty() and not_subscribed.outgoing.empty()
-    assert json.loads(subscribed.outgoing.get_nowait()) == {
+    assert len(subscribed.outgoing) == 1
+    assert not other.outgoing and not not_subscribed.outgoing
+    assert json.loads(subscribed.outgoing[0]) == {
         "jsonrpc": "2.0", "method": "event",
         "params": {"topic": "apps.installed", "data": {"id": "ant://a", "name": "A", "version": "1"}},
     }
@@ -128,25 +134,59 @@ async def test_encoded_once_for_every_subscriber() -> None:
         pool.admit(connection)
         connection.subscribe(["devices.revoked"])
     pool.deliver(Event("devices.revoked", {"device_id": "d"}))
-    assert first.outgoing.get_nowait() is second.outgoing.get_nowait()
+    assert first.outgoing[0] is second.outgoing[0]
 
 
-async def test_a_full_queue_closes_with_1008_frees_the_slot_and_stops_deliveries(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+async def test_at_most_4_sockets_wait_for_auth_from_one_address() -> None:
     pool = ConnectionPool(max_clients=1)
-    connection = connection_in(pool, queue_size=2)
+    waiting = [connection_in(pool, address="192.0.2.7") for _ in range(MAX_AUTHENTICATING_PER_ADDRESS)]
+    assert all(pool.wait_for_auth(c) for c in waiting)
+    assert pool.auth_refusal("192.0.2.7") == "192.0.2.7 already has 4 WebSockets authenticating"
+    assert not pool.wait_for_auth(connection_in(pool, address="192.0.2.7"))
+    assert pool.wait_for_auth(connection_in(pool, address="192.0.2.8"))
+    pool.release(waiting[0])
+    assert pool.auth_refusal("192.0.2.7") is None
+
+
+async def test_one_device_or_the_admin_holds_at_most_max_clients_per_device() -> None:
+    pool = ConnectionPool(max_clients=10, max_clients_per_device=2)
+    for owner in ("phone", "phone", None, None):
+        connection = connection_in(pool)
+        assert pool.admit(connection, claims_of(owner))
+        connection.claims = claims_of(owner)
+    assert pool.slot_refusal(claims_of("phone")) == "[server] max_clients_per_device = 2"
+    assert pool.slot_refusal(claims_of(None)) == "[server] max_clients_per_device = 2"
+    assert pool.slot_refusal(claims_of("tablet")) is None
+    assert not pool.admit(connection_in(pool), claims_of("phone"))
+    assert len(pool) == 4
+
+
+async def test_the_queue_is_bounded_in_bytes_and_a_full_one_closes_nothing() -> None:
+    clock = Clock()
+    pool = ConnectionPool(max_clients=1, clock=clock)
+    connection = connection_in(pool, max_queue_bytes=10)
     pool.admit(connection)
-    connection.subscribe(["config.changed"])
-    assert connection.send(b"1") and connection.send(b"2")
-    assert not connection.send(b"3")
-    assert connection.close_code == 1008
-    assert len(pool) == 0
-    assert "stopped reading, 2 messages pending" in caplog.text
-    assert connection.subscriptions == set()
-    assert not connection.send(b"4")
-    assert connection.outgoing.qsize() == 2  # nothing more was queued
-    assert CLIENT_NOT_READING.startswith("client is not reading")
+    assert connection.send(b"12345") and connection.has_room
+    assert connection.send(b"67890") and not connection.has_room  # 10 bytes wait: no more reading
+    assert connection.send(b"an event")  # still queued: only a client that reads nothing is closed
+    assert connection.queued_bytes == 18 and connection.close_code is None
+    clock.now += 29
+    assert pool.not_reading(30) == [] and pool.idle(1) == []  # waiting for the client is not idleness
+    clock.now += 1
+    assert pool.not_reading(30) == [connection]
+
+
+async def test_a_reader_waiting_for_room_sees_the_close() -> None:
+    pool = ConnectionPool(max_clients=1)
+    connection = connection_in(pool, max_queue_bytes=1)
+    pool.admit(connection)
+    connection.send(b"xx")
+    waiter = asyncio.get_running_loop().create_task(connection.wait_for_room())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    connection.close(1008, "slow")
+    await asyncio.wait_for(waiter, 1)
+    await connection.wait_closed()
 
 
 @pytest.mark.parametrize(

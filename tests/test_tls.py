@@ -509,3 +509,66 @@ def test_inspecting_a_missing_certificate_raises_tls_error(
     """Inspection helpers report a missing file the same way as loading does."""
     with pytest.raises(TlsError, match="not found"):
         function(tmp_path / "absent.crt")
+
+
+# TLS 1.2: ECDHE key exchange and AEAD ciphers only
+
+
+def tls12_client(ciphers: str) -> ssl.SSLContext:
+    """A TLS 1.2-only client offering exactly these cipher suites."""
+    context = insecure_client()
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(ciphers)
+    return context
+
+
+CBC_ONLY: Final = (
+    "ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES256-SHA384:"
+    "ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA:ECDHE-RSA-AES128-SHA256:AES128-SHA:AES256-SHA:AES128-SHA256"
+)
+RSA_KEY_EXCHANGE: Final = "AES128-GCM-SHA256:AES256-GCM-SHA384"
+
+
+@pytest.mark.parametrize(("kind", "refused"), [("ec", CBC_ONLY), ("rsa", CBC_ONLY), ("rsa", RSA_KEY_EXCHANGE)])
+async def test_tls12_clients_without_ecdhe_aead_suites_are_refused(tmp_path: Path, kind: str, refused: str) -> None:
+    pair = write_pair(tmp_path, "server", kind)
+    async with https_site(create_ssl_context(pair.cert, pair.key)) as port:
+        with pytest.raises((ssl.SSLError, ConnectionResetError)):  # a handshake failure, or the reset after it
+            _, writer = await asyncio.open_connection(HOST, port, ssl=tls12_client(refused))
+            await close(writer)
+
+
+@pytest.mark.parametrize(("kind", "suite"), [
+    ("ec", "ECDHE-ECDSA-AES128-GCM-SHA256"), ("ec", "ECDHE-ECDSA-CHACHA20-POLY1305"),
+    ("rsa", "ECDHE-RSA-AES256-GCM-SHA384"),
+])
+async def test_tls12_ecdhe_aead_clients_are_served(tmp_path: Path, kind: str, suite: str) -> None:
+    pair = write_pair(tmp_path, "server", kind)
+    async with https_site(create_ssl_context(pair.cert, pair.key)) as port:
+        reader, writer = await asyncio.open_connection(HOST, port, ssl=tls12_client(suite))
+        try:
+            assert await get_ping(reader, writer) == b"pong"
+            ssl_object = writer.get_extra_info("ssl_object")
+            assert ssl_object.version() == "TLSv1.2"
+            assert ssl_object.cipher()[0] == suite
+        finally:
+            await close(writer)
+
+
+async def test_tls13_is_unchanged(tmp_path: Path) -> None:
+    pair = write_pair(tmp_path, "server")
+    async with https_site(create_ssl_context(pair.cert, pair.key)) as port:
+        reader, writer = await connect(port)
+        try:
+            assert await get_ping(reader, writer) == b"pong"
+            assert writer.get_extra_info("ssl_object").version() == "TLSv1.3"
+        finally:
+            await close(writer)
+
+
+def test_the_tls12_suites_offered_are_ecdhe_and_aead(tmp_path: Path) -> None:
+    pair = write_pair(tmp_path, "server")
+    context = create_ssl_context(pair.cert, pair.key)
+    tls12 = [c for c in context.get_ciphers() if c["protocol"] == "TLSv1.2"]
+    assert tls12
+    assert all(c["kea"] == "kx-ecdhe" and c["aead"] for c in tls12), tls12

@@ -20,11 +20,12 @@ from websockets.asyncio.client import ClientConnection as WebsocketsClient
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from osnova_server import config as config_module
 from osnova_server.config import Config
 from osnova_server.security.tokens import Scope, TokenAuthority
 from osnova_server.server import Server
 from osnova_server.web.pool import ConnectionPool
-from osnova_server.web.websocket import POOL_KEY, RETRY_AFTER_BUSY
+from osnova_server.web.websocket import MAX_IN_FLIGHT, POOL_KEY, RETRY_AFTER_BUSY
 from tests.conftest import (
     TEST_SECRET,
     RunningServer,
@@ -116,7 +117,7 @@ async def closed_with(ws: WebsocketsClient) -> tuple[int, str, list[Any]]:
 async def connected(ws: WebsocketsClient) -> dict[str, Any]:
     """Read the `connected` message."""
     hello = json.loads(await asyncio.wait_for(ws.recv(), 5))
-    assert hello["type"] == "connected"
+    assert hello["method"] == "connected"
     return dict(hello)
 
 
@@ -179,8 +180,10 @@ def unsigned_token() -> str:
 
 @pytest.fixture
 def ws_config(state_dir: Path) -> Config:
-    """A test config with a short auth window and three client slots."""
-    return make_config(state_dir, server={"ws_auth_timeout": AUTH_WINDOW, "max_clients": 3})
+    """A test config with a short auth window and three client slots, any number per device."""
+    return make_config(
+        state_dir, server={"ws_auth_timeout": AUTH_WINDOW, "max_clients": 3, "max_clients_per_device": 10},
+    )
 
 
 @pytest.fixture
@@ -199,9 +202,9 @@ async def test_paired_device_calls_subscribes_and_sees_an_install_over_http(
     grant = await pair_device(server)
     async with http.ws_connect(ws_url(server), headers=bearer(grant["access_token"])) as ws:
         hello = await ws.receive_json(timeout=5)
-        assert set(hello) == {"type", "connection_id", "timestamp"}
-        assert hello["type"] == "connected" and hello["connection_id"]
-        assert RFC3339_UTC.match(hello["timestamp"])
+        assert set(hello) == {"jsonrpc", "method", "params"}
+        assert hello["method"] == "connected" and hello["params"]["connection_id"]
+        assert RFC3339_UTC.match(hello["params"]["timestamp"])
         assert await open_connections(server) == 1
         assert [c.device_id for c in pool_of(server)] == [grant["device_id"]]
 
@@ -228,7 +231,7 @@ async def test_auth_message_then_calls_batches_and_notifications_with_websockets
         await ws.send(auth_message(server.admin_token(), "a-1"))
         assert json.loads(await ws.recv()) == {"jsonrpc": "2.0", "result": True, "id": "a-1"}
         hello = await connected(ws)
-        assert RFC3339_UTC.match(hello["timestamp"])
+        assert RFC3339_UTC.match(hello["params"]["timestamp"])
         assert await open_connections(server) == 1
 
         answer = await call(ws, "status.get", request_id=7)
@@ -362,7 +365,7 @@ async def test_a_binary_frame_closes_1003(
     headers = bearer(server.admin_token()) if authenticated else {}
     async with http.ws_connect(ws_url(server), headers=headers) as ws:
         if authenticated:
-            assert (await ws.receive_json(timeout=5))["type"] == "connected"
+            assert (await ws.receive_json(timeout=5))["method"] == "connected"
         await ws.send_bytes(json.dumps(SET_SERVER).encode())
         message = await ws.receive(timeout=5)
     assert message.type is aiohttp.WSMsgType.CLOSE and message.data == 1003
@@ -508,7 +511,7 @@ async def test_at_most_16_sockets_wait_for_auth_and_they_hold_no_slot(
 ) -> None:
     config = make_config(state_dir, server={"max_clients": 1, "ws_auth_timeout": 5.0})
     async with running_server(config) as server:
-        waiting = [await ws_connect(server) for _ in range(16)]
+        waiting = [await ws_connect(server, local_addr=(f"127.0.0.{1 + i // 4}", 0)) for i in range(16)]
         try:
             async with http.get(ws_url(server).replace("ws", "http", 1), headers=handshake_headers()) as answer:
                 assert answer.status == 503
@@ -523,33 +526,6 @@ async def test_at_most_16_sockets_wait_for_auth_and_they_hold_no_slot(
 async def _true(value: bool) -> bool:
     """`value`, awaitably."""
     return value
-
-
-async def test_a_client_that_never_reads_is_closed_1008_and_logged(
-    server: RunningServer, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.WARNING, logger="osnova_server.web.pool")
-    pool = pool_of(server)
-    async with http.ws_connect(ws_url(server), headers=bearer(server.admin_token())) as ws:
-        assert (await ws.receive_json(timeout=5))["type"] == "connected"
-        await ws.send_str(request("events.subscribe", {"topics": ["config.changed"]}))
-        assert (await ws.receive_json(timeout=5))["result"] is True
-        data = {"key": "filler", "value": "x" * 4096}
-        published = 0
-        while len(pool) and published < 50_000:  # the client reads nothing from here on
-            for _ in range(50):
-                server.runtime.events.publish("config.changed", data)
-            published += 50
-            await asyncio.sleep(0)
-        assert len(pool) == 0, "the slot is freed as soon as the queue overflows"
-        assert await open_connections(server) == 0
-        assert "stopped reading, 1024 messages pending" in caplog.text
-        # Now reading: what was already on its way, then the close frame.
-        received = 0
-        while (message := await ws.receive(timeout=5)).type is aiohttp.WSMsgType.TEXT:
-            received += 1
-    assert message.type is aiohttp.WSMsgType.CLOSE and message.data == 1008
-    assert 0 < received < published
 
 
 async def test_a_peer_that_stops_answering_pings_is_dropped_and_a_live_one_kept(state_dir: Path) -> None:
@@ -623,7 +599,8 @@ async def test_a_device_that_revokes_itself_gets_its_answer_then_4401(server: Ru
 
 
 async def test_idle_connections_are_reaped_4408_and_active_ones_are_not(state_dir: Path) -> None:
-    async with running_server(make_config(state_dir, server={"idle_timeout": 1})) as server:
+    config = make_config(state_dir, server={"idle_timeout": 1, "max_clients_per_device": 3})
+    async with running_server(config) as server:
         token = server.admin_token()
         async with ws_connect(server, token) as idle, ws_connect(server, token) as busy, ws_connect(
             server, token,
@@ -711,3 +688,217 @@ async def test_metrics_count_connections_and_messages(server: RunningServer, htt
     await no_connections(server)
     async with http.get(f"{server.url}/metrics") as answer:
         assert re.search(r"^active_connections 0(\.0)?$", await answer.text(), re.MULTILINE)
+
+
+# -- hostile clients (CONTRACT 5, second version) --------------------------------------------
+
+
+def ws_from(server: RunningServer, source: str, token: str | None = None) -> Any:
+    """Open /ws from a given loopback source address."""
+    return ws_connect(server, token, local_addr=(source, 0))
+
+
+async def get_from(source: str, url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+    """GET `url` from a given loopback source address: status, headers and JSON body."""
+    connector = aiohttp.TCPConnector(local_addr=(source, 0))
+    async with aiohttp.ClientSession(connector=connector) as session, session.get(url, headers=headers) as answer:
+        return answer.status, dict(answer.headers), await answer.json()
+
+
+async def test_auth_slots_are_4_per_address_and_16_in_all_and_silence_counts_towards_a_ban(
+    state_dir: Path, http: aiohttp.ClientSession,
+) -> None:
+    config = make_config(
+        state_dir, server={"ws_auth_timeout": 1.0}, ban={"ignore": [], "max_failures": 50},
+    )
+    async with running_server(config) as server:
+        http_url = ws_url(server).replace("ws", "http", 1)
+        squatters = [await ws_from(server, "127.0.0.1") for _ in range(4)]
+        status, headers, body = await get_from("127.0.0.1", http_url, handshake_headers())
+        assert (status, headers["Retry-After"]) == (503, str(RETRY_AFTER_BUSY))
+        assert body["error"] == (
+            "127.0.0.1 already has 4 WebSockets authenticating; authenticate the open ones or try "
+            "again in a few seconds"
+        )
+        # Other addresses still get in, up to 16 waiting in all.
+        for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+            squatters += [await ws_from(server, source) for _ in range(4)]
+        assert pool_of(server).authenticating == 16
+        status, _, body = await get_from("127.0.0.5", http_url, handshake_headers())
+        assert status == 503
+        assert body["error"].startswith("16 WebSockets are authenticating at once")
+        # A client with a header token needs no auth slot.
+        async with ws_from(server, "127.0.0.5", server.admin_token()) as holder:
+            await connected(holder)
+        # The silent ones are closed 4401 when their window ends, each a failed authentication.
+        for ws in squatters:
+            code, _, received = await closed_with(ws)
+            assert (code, received) == (4401, [])
+        assert pool_of(server).authenticating == 0
+        for source in ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"):
+            assert server.runtime.bans.failures(source) == 4
+        assert server.runtime.bans.failures("127.0.0.5") == 0
+
+
+async def test_a_silent_squatter_is_banned(state_dir: Path, http: aiohttp.ClientSession) -> None:
+    config = make_config(state_dir, server={"ws_auth_timeout": 0.5}, ban={"ignore": [], "max_failures": 2})
+    async with running_server(config) as server:
+        for _ in range(2):
+            async with ws_from(server, "127.0.0.7") as ws:
+                assert (await closed_with(ws))[0] == 4401
+        assert server.runtime.bans.banned("127.0.0.7") is not None
+        assert (await get_from("127.0.0.7", f"{server.url}/health"))[0] == 403
+
+
+async def test_loopback_is_never_banned_by_default(state_dir: Path) -> None:
+    ignore = config_module.BanSection().ignore  # the default; tests otherwise ban loopback like any address
+    config = make_config(state_dir, server={"ws_auth_timeout": 0.3}, ban={"max_failures": 1, "ignore": ignore})
+    async with running_server(config) as server:
+        for _ in range(2):
+            async with ws_connect(server) as ws:
+                assert (await closed_with(ws))[0] == 4401
+        assert server.runtime.bans.banned("127.0.0.1") is None
+        assert server.runtime.bans.failures("127.0.0.1") == 0
+
+
+async def test_one_device_holds_at_most_max_clients_per_device_sockets(
+    state_dir: Path, http: aiohttp.ClientSession,
+) -> None:
+    config = make_config(state_dir, server={"max_clients": 10, "max_clients_per_device": 2, "ws_auth_timeout": 5.0})
+    async with running_server(config) as server:
+        grant = await pair_device(server)
+        phone = grant["access_token"]
+        async with ws_connect(server, phone) as first, ws_connect(server, phone) as second:
+            await connected(first)
+            await connected(second)
+            async with http.get(ws_url(server).replace("ws", "http", 1), headers=handshake_headers(phone)) as answer:
+                assert answer.status == 503
+                assert (await answer.json())["error"] == (
+                    "this device already holds [server] max_clients_per_device = 2 WebSockets; close one first"
+                )
+            async with ws_connect(server) as third:  # by message: refused 1013 once it says who it is
+                await third.send(auth_message(phone))
+                code, reason, received = await closed_with(third)
+                assert (code, received) == (1013, [])
+                assert "max_clients_per_device = 2" in reason
+            # The admin is one "device" of its own, and has its own two.
+            token = server.admin_token()
+            async with ws_connect(server, token) as admin_one, ws_connect(server, token) as admin_two:
+                await connected(admin_one)
+                await connected(admin_two)
+                assert await open_connections(server) == 4
+        await no_connections(server)
+
+
+async def test_connected_is_a_json_rpc_notification_also_after_an_auth_message(server: RunningServer) -> None:
+    async with ws_connect(server, server.admin_token()) as ws:
+        hello = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert set(hello) == {"jsonrpc", "method", "params"}
+    assert hello["jsonrpc"] == "2.0" and hello["method"] == "connected"
+    assert set(hello["params"]) == {"connection_id", "timestamp"}
+    assert hello["params"]["timestamp"].endswith("Z")
+    async with ws_connect(server) as ws:
+        await ws.send(auth_message(server.admin_token(), request_id="a-1"))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"jsonrpc": "2.0", "result": True, "id": "a-1"}
+        second = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert second["method"] == "connected" and second["params"]["connection_id"] != hello["params"]["connection_id"]
+
+
+@pytest.mark.parametrize("request_id", [{"a": 1}, [1], True, False, 1.5])
+async def test_an_auth_message_with_a_forbidden_id_closes_4401(server: RunningServer, request_id: Any) -> None:
+    async with ws_connect(server) as ws:
+        await ws.send(auth_message(server.admin_token(), request_id=request_id))
+        code, _, received = await closed_with(ws)
+    assert (code, received) == (4401, [])
+    assert await open_connections(server) == 0
+
+
+@pytest.mark.parametrize("request_id", ["x", 7, None, 2.0])
+async def test_an_auth_message_with_a_plain_id_is_answered(server: RunningServer, request_id: Any) -> None:
+    async with ws_connect(server) as ws:
+        await ws.send(auth_message(server.admin_token(), request_id=request_id))
+        answer = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert answer == {"jsonrpc": "2.0", "result": True, "id": request_id}
+        assert (await connected(ws))["method"] == "connected"
+
+
+async def test_3000_requests_written_before_reading_are_all_answered_and_the_queue_stays_bounded(
+    state_dir: Path,
+) -> None:
+    limit = 16_384
+    config = make_config(state_dir, limits={"max_ws_queue_bytes": limit})
+    async with running_server(config) as server, ws_connect(server, server.admin_token(), max_size=None) as ws:
+        await connected(ws)
+        pool = pool_of(server)
+        (connection,) = list(pool)
+        # Answers big enough (the OpenRPC document) that 3,000 of them overflow the kernel's socket
+        # buffers, so the server's own queue fills while the client reads nothing.
+        answer_size = len(json.dumps({"jsonrpc": "2.0", "result": await admin_call(server, "rpc.discover"), "id": 2999}))
+        count = 3000
+
+        async def write_all() -> None:
+            for number in range(count):
+                await ws.send(request("rpc.discover", request_id=number))
+
+        writer = asyncio.create_task(write_all())
+        peak = 0
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline and (connection.has_room or connection.tasks):
+            peak = max(peak, connection.queued_bytes)
+            await asyncio.sleep(0.01)
+        assert not connection.has_room, "the queue never filled"
+        answered_before = connection.queued_bytes
+        for _ in range(20):  # and stays paused: nothing more runs while the client reads nothing
+            peak = max(peak, connection.queued_bytes)
+            await asyncio.sleep(0.01)
+        assert connection.queued_bytes == answered_before
+        assert peak <= limit + MAX_IN_FLIGHT * answer_size
+        ids = set()
+        while len(ids) < count:
+            answer = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            assert answer["result"]["openrpc"]
+            ids.add(answer["id"])
+        await writer
+        assert ids == set(range(count))
+        assert connection.close_code is None
+
+
+async def test_a_client_that_reads_nothing_for_idle_timeout_is_closed_1008(
+    state_dir: Path, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="osnova_server.web.websocket")
+    config = make_config(state_dir, server={"idle_timeout": 1}, limits={"max_ws_queue_bytes": 65_536})
+    async with running_server(config) as server:
+        pool = pool_of(server)
+        async with http.ws_connect(ws_url(server), headers=bearer(server.admin_token())) as ws:
+            assert (await ws.receive_json(timeout=5))["method"] == "connected"
+            await ws.send_str(request("events.subscribe", {"topics": ["config.changed"]}))
+            assert (await ws.receive_json(timeout=5))["result"] is True
+            (connection,) = list(pool)
+            data = {"key": "filler", "value": "x" * 4096}
+            while connection.has_room:  # the client reads nothing from here on
+                server.runtime.events.publish("config.changed", data)
+                await asyncio.sleep(0)
+            assert connection.close_code is None  # a full queue alone closes nothing
+            await eventually(lambda: _true(connection.close_code is not None), timeout=10)
+            assert connection.close_code == 1008
+            assert len(pool) == 0
+            assert "read nothing for 1 s" in caplog.text
+            received = 0
+            while (message := await ws.receive(timeout=10)).type is aiohttp.WSMsgType.TEXT:
+                received += 1
+        assert message.type is aiohttp.WSMsgType.CLOSE or message.type is aiohttp.WSMsgType.CLOSED
+
+
+async def test_a_slow_reader_is_not_closed(state_dir: Path, http: aiohttp.ClientSession) -> None:
+    config = make_config(state_dir, server={"idle_timeout": 1}, limits={"max_ws_queue_bytes": 1024})
+    async with (
+        running_server(config) as server,
+        http.ws_connect(ws_url(server), headers=bearer(server.admin_token())) as ws,
+    ):
+        assert (await ws.receive_json(timeout=5))["method"] == "connected"
+        for number in range(25):  # 2.5 s in all, longer than idle_timeout, reading all along
+            await ws.send_str(request("rpc.discover", request_id=number))
+            assert (await ws.receive_json(timeout=5))["id"] == number
+            await asyncio.sleep(0.1)
+        assert len(pool_of(server)) == 1

@@ -33,6 +33,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from osnova_server.files import make_private_dirs, replace_file
 
 __all__ = [
+    "TLS12_CIPHERS",
     "NotRenewable",
     "TlsError",
     "certificate_fingerprint",
@@ -58,6 +59,10 @@ _CLOCK_SKEW: Final = dt.timedelta(minutes=5)
 _DEFAULT_NAMES: Final = ("localhost", "127.0.0.1", "::1")
 _SELF_SIGNED_HINT: Final = "run `osnova-server init --self-signed` or set [tls] enabled = false"
 _KEY_FORMATS: Final = "PKCS#8, PKCS#1 RSA or SEC1 EC"
+# TLS 1.2 suites offered: ECDHE key exchange (forward secrecy) with an AEAD cipher only, so no
+# CBC suite (Lucky13, padding oracles) and no static RSA key exchange. TLS 1.3 has its own list,
+# all of it AEAD, and is left at OpenSSL's default.
+TLS12_CIPHERS: Final = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL"
 
 
 class TlsError(Exception):
@@ -220,6 +225,7 @@ def _build_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
     _warn_if_expired(certificates[0], cert_path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_CIPHERS)
     try:
         # The empty password makes an encrypted key fail instead of prompting on a terminal.
         context.load_cert_chain(cert_path, key_path, password=b"")

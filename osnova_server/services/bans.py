@@ -6,6 +6,9 @@ address a ban of `[ban] duration` seconds. Checking a request is one dict lookup
 flood costs almost nothing. The failure counts live in a bounded LRU dict: a flood of distinct
 addresses evicts the least recently failing ones instead of growing memory.
 
+Addresses in `[ban] ignore` (loopback by default: local monitoring, the CLI) are never banned:
+their failures are not counted, and a ban on one (stored before it was listed) is not enforced.
+
 Bans take effect in memory at once and are written to the store by a background job (and at
 shutdown), so they survive restarts without a disk write on the request path.
 """
@@ -43,7 +46,7 @@ class BanList:
     """The banned addresses and the failure counts that lead to bans."""
 
     __slots__ = (
-        "_bans", "_duration", "_enabled", "_failures", "_lock", "_max_failures",
+        "_bans", "_duration", "_enabled", "_failures", "_ignore", "_lock", "_max_failures",
         "_max_tracked", "_settings", "_store", "_unsaved", "_wakeup", "_window", "clock", "imposed", "sharing",
     )
 
@@ -70,6 +73,7 @@ class BanList:
         self._max_failures = 1
         self._window = 1.0
         self._duration = 1.0
+        self._ignore: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
         self._settings = settings
         # Cluster mode counts failures in Redis and shares bans with the other processes.
         self.sharing: SharedBans | None = None
@@ -84,6 +88,16 @@ class BanList:
         self._max_failures = settings.max_failures
         self._window = float(settings.window)
         self._duration = float(settings.duration)
+        self._ignore = tuple(ipaddress.ip_network(network, strict=False) for network in settings.ignore)
+
+    def ignored(self, address: str) -> bool:
+        """Whether `address` is in `[ban] ignore`, so never banned."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        mapped = getattr(ip, "ipv4_mapped", None)
+        return any((mapped or ip) in network for network in self._ignore)
 
     @property
     def settings(self) -> BanSection:
@@ -100,7 +114,7 @@ class BanList:
     def banned(self, address: str) -> BanRecord | None:
         """The ban on `address` if one is running; the hot path of every request."""
         record = self._bans.get(address)
-        if record is None or not self._enabled:
+        if record is None or not self._enabled or self.ignored(address):
             return None
         if record.banned_until <= self.clock():
             del self._bans[address]
@@ -109,7 +123,7 @@ class BanList:
 
     def record_failure(self, address: str) -> BanRecord | None:
         """Count a failed authentication from `address`; return the ban if this one earned it."""
-        if not self._enabled or address in self._bans:
+        if not self._enabled or address in self._bans or self.ignored(address):
             return None
         if self.sharing is not None and self.sharing.count(address):
             return None  # counted in Redis; the ban, if earned, follows from there

@@ -1,7 +1,9 @@
 """Refuse banned addresses with 403 on every route, /health and /metrics included.
 
-The check is one dict lookup, so a banned flood is cheap to turn away. One exception keeps the
-owner in control: a banned loopback address may still present a valid admin token, so that
+The check is one dict lookup, so a banned flood is cheap to turn away. Addresses in `[ban]
+ignore` are never banned (services/bans.py); loopback is in it by default, which is what keeps
+the owner's CLI working. For an owner who takes loopback out of that list, one exception still
+keeps them in control: a banned loopback address may present a valid admin token, so that
 `osnova-server bans lift` works from the server's own machine even when a misbehaving local
 script got loopback banned. LAN addresses never reach the (costlier) token check.
 """

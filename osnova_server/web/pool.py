@@ -1,15 +1,18 @@
 """The open WebSockets: a bounded pool of authenticated clients, each with a bounded outgoing queue.
 
-Only authenticated sockets hold one of the `max_clients` slots; sockets still waiting for their
-`auth` message are counted apart, and at most `max_authenticating` of them may wait at once, so
-anonymous sockets can neither take the household's slots nor pile up. A slot is given back the
-moment a close starts, not when the close handshake ends, so a client that reconnects at once
-finds its slot free.
+Only authenticated sockets hold one of the `max_clients` slots, and one device (or the admin)
+at most `max_clients_per_device` of them. Sockets still waiting for their `auth` message are
+counted apart: at most `max_authenticating` (16) may wait at once, and at most
+`max_authenticating_per_address` (4) from one address, so anonymous sockets can neither take the
+household's slots nor lock other clients out. A slot is given back the moment a close starts,
+not when the close handshake ends, so a client that reconnects at once finds its slot free.
 
 Everything sent to a client goes through its outgoing queue, drained by one writer task per
-socket: answers and events keep their order, and a publisher never waits on a slow phone. A
-client that stops reading fills its queue; it is then closed with 1008 rather than allowed to
-grow the server's memory.
+socket: answers and events keep their order, and a publisher never waits on a slow phone. The
+queue is measured in bytes: while more than `[limits] max_ws_queue_bytes` wait, `has_room` is
+false and the socket's reader stops reading its requests (web/websocket.py), so TCP pushes back
+on the client instead of the server running work it cannot deliver. A client whose queue has
+not moved for `idle_timeout` seconds reads nothing, and the reaper closes it with 1008.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSMsgType, web
 
 from osnova_server.events import Event
 from osnova_server.rpc import codec
@@ -32,8 +36,9 @@ if TYPE_CHECKING:
 
 _LOGGER = logging.getLogger(__name__)
 
-DEFAULT_QUEUE_SIZE: Final = 1024
+DEFAULT_QUEUE_BYTES: Final = 8_388_608
 MAX_AUTHENTICATING: Final = 16
+MAX_AUTHENTICATING_PER_ADDRESS: Final = 4
 # How long a close handshake may take before the connection is simply dropped.
 CLOSE_TIMEOUT: Final = 5.0
 # RFC 6455 5.5: a control frame's payload is at most 125 bytes, two of them the close code.
@@ -51,8 +56,9 @@ class ClientConnection:
 
     __slots__ = (
         "id", "address", "device_id", "claims", "created_at", "last_activity", "subscriptions",
-        "outgoing", "socket", "tasks", "close_code", "draining", "pool",
-        "_transport", "_writer", "_closer", "_expiry", "_close_reason", "_grace", "_sealed",
+        "outgoing", "queued_bytes", "max_queue_bytes", "last_delivery", "socket", "tasks", "close_code",
+        "draining", "pool", "_transport", "_writer", "_closer", "_expiry", "_close_reason", "_grace",
+        "_sealed", "_pending", "_room", "_drained",
     )
 
     def __init__(
@@ -61,7 +67,7 @@ class ClientConnection:
         socket: web.WebSocketResponse,
         address: str,
         transport: asyncio.Transport | None = None,
-        queue_size: int = DEFAULT_QUEUE_SIZE,
+        max_queue_bytes: int = DEFAULT_QUEUE_BYTES,
     ) -> None:
         self.id = secrets.token_hex(8)
         self.address = address
@@ -70,7 +76,17 @@ class ClientConnection:
         self.created_at = time.time()
         self.last_activity = pool.clock()
         self.subscriptions: set[str] = set()
-        self.outgoing: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
+        # Encoded messages waiting to be sent, and their size in bytes.
+        self.outgoing: deque[bytes] = deque()
+        self.queued_bytes = 0
+        self.max_queue_bytes = max_queue_bytes
+        # When the queue last moved (or began to wait): the reaper's measure of a client not reading.
+        self.last_delivery = pool.clock()
+        self._pending = asyncio.Event()  # something waits to be sent
+        self._room = asyncio.Event()  # the queue is under its byte limit (or the socket is done)
+        self._room.set()
+        self._drained = asyncio.Event()  # nothing waits to be sent
+        self._drained.set()
         self.socket = socket
         # The calls of this client still running (for shutdown, which lets them answer first).
         self.tasks: set[asyncio.Task[None]] = set()
@@ -124,21 +140,41 @@ class ClientConnection:
         if self.close_code is not None:
             self._closer = loop.create_task(self._close(self.close_code, self._close_reason, self._grace))
 
+    @property
+    def has_room(self) -> bool:
+        """Whether fewer than `max_queue_bytes` wait to be sent (else its requests are not read)."""
+        return self._room.is_set()
+
+    async def wait_for_room(self) -> None:
+        """Wait until the queue is under its byte limit again, or the socket is done."""
+        await self._room.wait()
+
     def send(self, data: bytes) -> bool:
-        """Queue one encoded message; a client whose queue is full is closed with 1008."""
+        """Queue one encoded message (never refused while the socket is open)."""
         if self._sealed:
             return False
-        try:
-            self.outgoing.put_nowait(data)
-        except asyncio.QueueFull:
-            _LOGGER.warning(
-                "closing WebSocket %s from %s (device %s) with 1008: it stopped reading, %d messages pending",
-                self.id, self.address, self.device_id or "-", self.outgoing.qsize(),
-            )
-            self._sealed = True
-            self.close(WSCloseCode.POLICY_VIOLATION, CLIENT_NOT_READING)
-            return False
+        if not self.queued_bytes:
+            self.last_delivery = self.pool.clock()
+        self.outgoing.append(data)
+        self.queued_bytes += len(data)
+        self._pending.set()
+        self._drained.clear()
+        if self.queued_bytes >= self.max_queue_bytes:
+            self._room.clear()
         return True
+
+    def stalled(self, timeout: float) -> bool:
+        """Whether messages have waited `timeout` seconds without one being taken by the client."""
+        return self.queued_bytes > 0 and self.last_delivery <= self.pool.clock() - timeout
+
+    def _taken(self, data: bytes) -> None:
+        """One message left the queue."""
+        self.queued_bytes -= len(data)
+        self.last_delivery = self.pool.clock()
+        if self.queued_bytes < self.max_queue_bytes:
+            self._room.set()
+        if not self.queued_bytes:
+            self._drained.set()
 
     async def _write(self) -> None:
         """Send queued messages in order, for as long as the socket is open."""
@@ -147,20 +183,28 @@ class ClientConnection:
         metrics = self.pool.metrics
         try:
             while True:
-                data = await queue.get()
+                while not queue:
+                    self._pending.clear()
+                    await self._pending.wait()
+                data = queue.popleft()
                 try:
                     await socket.send_frame(data, WSMsgType.TEXT)
                 finally:
-                    queue.task_done()
+                    self._taken(data)
                 if metrics is not None:
                     metrics.ws_messages.inc(_OUT)
         except (ConnectionError, RuntimeError) as err:
             # The peer went away under us; the reading side sees it too and ends the session.
             _LOGGER.debug("WebSocket %s: write failed: %s", self.id, err)
-            self._sealed = True
-            while not queue.empty():  # nothing more can be sent; let drain() stop waiting
-                queue.get_nowait()
-                queue.task_done()
+            self._seal()
+
+    def _seal(self) -> None:
+        """Nothing more can be sent: drop what waits, and let readers and drain() stop waiting."""
+        self._sealed = True
+        self.outgoing.clear()
+        self.queued_bytes = 0
+        self._room.set()
+        self._drained.set()
 
     def close(self, code: int, reason: str, grace: float = 0.0) -> None:
         """Start closing with `code`; the slot is freed now and the close frame follows.
@@ -171,6 +215,7 @@ class ClientConnection:
         if self.close_code is not None:
             return
         self.close_code = code
+        self._room.set()  # a reader waiting for room sees the close instead
         self.subscriptions.clear()
         self.pool.release(self)
         if self._expiry is not None:
@@ -188,7 +233,7 @@ class ClientConnection:
         """Send the close frame and wait briefly for the handshake; drop the connection if it stalls."""
         if grace > 0:
             await self.drain(grace)
-        self._sealed = True
+        self._seal()
         if self._writer is not None:
             self._writer.cancel()
         try:
@@ -208,11 +253,11 @@ class ClientConnection:
                 if self.tasks:
                     await asyncio.wait(list(self.tasks))
                 if self._writer is not None and not self._writer.done():
-                    await self.outgoing.join()
+                    await self._drained.wait()
         except TimeoutError:
             _LOGGER.info(
                 "WebSocket %s: closing with %d calls running and %d messages unsent",
-                self.id, len(self.tasks), self.outgoing.qsize(),
+                self.id, len(self.tasks), len(self.outgoing),
             )
 
     async def wait_closed(self) -> None:
@@ -226,11 +271,19 @@ class ClientConnection:
             await asyncio.gather(self._writer, return_exceptions=True)
 
 
+def principal_of(claims: Claims | None) -> str:
+    """Whose a socket is, for the per-device limit and the audit log: a device id, or "admin"."""
+    if claims is None:
+        return "anonymous"
+    return claims.device_id or "admin"
+
+
 class ConnectionPool:
     """The open WebSockets of one server: at most `max_clients` authenticated ones."""
 
     __slots__ = (
-        "max_clients", "max_authenticating", "metrics", "clock", "accepting", "_connections", "_authenticating",
+        "max_clients", "max_clients_per_device", "max_authenticating", "max_authenticating_per_address",
+        "max_queue_bytes", "metrics", "clock", "accepting", "_connections", "_authenticating",
     )
 
     def __init__(
@@ -239,9 +292,16 @@ class ConnectionPool:
         max_authenticating: int = MAX_AUTHENTICATING,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_clients_per_device: int | None = None,
+        max_authenticating_per_address: int = MAX_AUTHENTICATING_PER_ADDRESS,
+        max_queue_bytes: int = DEFAULT_QUEUE_BYTES,
     ) -> None:
         self.max_clients = max_clients
+        # None: no limit per device beyond max_clients.
+        self.max_clients_per_device = max_clients_per_device
         self.max_authenticating = max_authenticating
+        self.max_authenticating_per_address = max_authenticating_per_address
+        self.max_queue_bytes = max_queue_bytes
         self.metrics = metrics
         self.clock = clock
         # False once shutdown has begun: late upgrades are refused.
@@ -267,17 +327,38 @@ class ConnectionPool:
         """Sockets waiting for their `auth` message."""
         return len(self._authenticating)
 
-    def wait_for_auth(self, connection: ClientConnection) -> bool:
-        """Hold an unauthenticated socket (no slot); False when too many are waiting already."""
+    def auth_refusal(self, address: str) -> str | None:
+        """Why a new socket from `address` may not wait for its `auth` message, or None if it may."""
         if len(self._authenticating) >= self.max_authenticating:
+            return f"{self.max_authenticating} WebSockets are authenticating at once"
+        waiting = sum(1 for c in self._authenticating.values() if c.address == address)
+        if waiting >= self.max_authenticating_per_address:
+            return f"{address} already has {waiting} WebSockets authenticating"
+        return None
+
+    def wait_for_auth(self, connection: ClientConnection) -> bool:
+        """Hold an unauthenticated socket (no slot); False when `auth_refusal` says no."""
+        if self.auth_refusal(connection.address) is not None:
             return False
         self._authenticating[connection.id] = connection
         return True
 
-    def admit(self, connection: ClientConnection) -> bool:
-        """Give an authenticated connection a slot; False when they are all taken."""
-        self._authenticating.pop(connection.id, None)
+    def slot_refusal(self, claims: Claims | None) -> str | None:
+        """The limit that leaves no slot for a socket with these claims, or None if one is free."""
         if len(self._connections) >= self.max_clients:
+            return f"[server] max_clients = {self.max_clients}"
+        per_device = self.max_clients_per_device
+        if per_device is not None and claims is not None:
+            owner = principal_of(claims)
+            held = sum(1 for c in self._connections.values() if principal_of(c.claims) == owner)
+            if held >= per_device:
+                return f"[server] max_clients_per_device = {per_device}"
+        return None
+
+    def admit(self, connection: ClientConnection, claims: Claims | None = None) -> bool:
+        """Give an authenticated connection a slot; False when `slot_refusal` says there is none."""
+        self._authenticating.pop(connection.id, None)
+        if self.slot_refusal(claims if claims is not None else connection.claims) is not None:
             return False
         self._connections[connection.id] = connection
         self._count()
@@ -298,9 +379,15 @@ class ConnectionPool:
         return [c for c in self._connections.values() if c.device_id == device_id]
 
     def idle(self, timeout: float) -> list[ClientConnection]:
-        """Connections with no call running that have sent nothing for `timeout` seconds."""
+        """Connections with no call running and nothing to send that have sent nothing for `timeout` s."""
         cutoff = self.clock() - timeout
-        return [c for c in self._connections.values() if c.last_activity <= cutoff and not c.tasks]
+        return [
+            c for c in self._connections.values() if c.last_activity <= cutoff and not c.tasks and not c.queued_bytes
+        ]
+
+    def not_reading(self, timeout: float) -> list[ClientConnection]:
+        """Connections whose client has taken none of its waiting messages for `timeout` seconds."""
+        return [c for c in self._connections.values() if c.stalled(timeout)]
 
     def deliver(self, event: Event, admits: Callable[[Claims | None], bool] | None = None) -> None:
         """Queue an event to every subscriber of its topic that `admits` (the role rules), encoding it once."""

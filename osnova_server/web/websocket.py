@@ -1,16 +1,19 @@
 """GET /ws: JSON-RPC 2.0 both ways over one WebSocket, served by the same registry as /rpc.
 
-The order of checks is CONTRACT 5's. Before the upgrade: a bad header token was refused with 401
-by the auth middleware; the upgrade is charged to the rate limiter (429); a full pool, or too
-many sockets still authenticating, is refused with 503 and Retry-After. After the upgrade, a
-socket without a header token must send an `auth` request within `[server] ws_auth_timeout`
-seconds or be closed with 4401, and it takes a slot only once authenticated (1013 if the pool
-filled meanwhile).
+The order of checks is CONTRACT 5's. Before the upgrade: a cross-origin page was refused with 403
+(web/origin.py) and a bad header token with 401 (web/auth.py); the upgrade is charged to the
+rate limiter (429); a full pool, a device already holding `max_clients_per_device` sockets, or
+too many sockets still authenticating (16 in all, 4 from one address) is refused with 503 and
+Retry-After. After the upgrade, a socket without a header token must send an `auth` request
+within `[server] ws_auth_timeout` seconds or be closed with 4401 (silence counts as a failed
+authentication towards a ban), and it takes a slot only once authenticated (1013 if none is
+left by then). The first frame of an authenticated socket is the `connected` notification.
 
 Each text frame is decoded, charged to the limiter (one token per batch member) and run as its
 own task, so a slow call does not hold up the next; at most MAX_IN_FLIGHT run at once per
-socket, and past that the socket is not read until one finishes, which lets TCP push back on
-the client. Answers and events leave through the connection's bounded queue (web/pool.py).
+socket, and while they run, or while more than `[limits] max_ws_queue_bytes` of answers and
+events wait to be sent, the socket is not read, which lets TCP push back on the client. Answers
+and events leave through the connection's queue (web/pool.py).
 """
 
 from __future__ import annotations
@@ -35,7 +38,15 @@ from osnova_server.security.tokens import Claims, TokenInvalid
 from osnova_server.timestamps import rfc3339
 from osnova_server.web.errors import json_error
 from osnova_server.web.keys import CLAIMS_KEY, REMOTE_KEY, STATE_KEY, ServerState
-from osnova_server.web.pool import CLOSE_TIMEOUT, WS_IDLE, WS_UNAUTHORIZED, ClientConnection, ConnectionPool
+from osnova_server.web.pool import (
+    CLIENT_NOT_READING,
+    CLOSE_TIMEOUT,
+    WS_IDLE,
+    WS_UNAUTHORIZED,
+    ClientConnection,
+    ConnectionPool,
+    principal_of,
+)
 from osnova_server.web.ratelimit import bucket_key, charge
 
 _LOGGER = logging.getLogger(__name__)
@@ -68,6 +79,8 @@ def setup_websocket(app: web.Application) -> None:
     async def start(app: web.Application) -> None:
         runtime = state.runtime
         pool.max_clients = runtime.config.server.max_clients
+        pool.max_clients_per_device = runtime.config.server.max_clients_per_device
+        pool.max_queue_bytes = runtime.config.limits.max_ws_queue_bytes
         pool.accepting = True
         runtime.connection_count = pool.__len__
         listening.append(runtime.events.listen(_event_listener(pool, runtime)))
@@ -118,13 +131,18 @@ async def websocket_view(request: web.Request) -> web.StreamResponse:
             "connections; try again later or close another client"
         )
     claims = request[CLAIMS_KEY]
-    connection = ClientConnection(pool, socket, request[REMOTE_KEY], request.transport)
+    connection = ClientConnection(pool, socket, request[REMOTE_KEY], request.transport, pool.max_queue_bytes)
     if claims is None:
-        if not pool.wait_for_auth(connection):
-            return _busy("too many WebSockets are authenticating at once; try again in a few seconds")
+        waiting = pool.auth_refusal(connection.address)
+        if waiting is not None:
+            return _busy(f"{waiting}; authenticate the open ones or try again in a few seconds")
+        pool.wait_for_auth(connection)
     else:
+        held = pool.slot_refusal(claims)
+        if held is not None:
+            return _busy(_slot_refusal(held))
+        pool.admit(connection, claims)
         connection.authenticate(claims)
-        pool.admit(connection)
         refused = await _claim_shared_slot(connection, state.runtime, claims)
         if refused is not None:
             pool.release(connection)
@@ -138,7 +156,7 @@ async def websocket_view(request: web.Request) -> web.StreamResponse:
         connection.close(socket.close_code or WSCloseCode.OK, "")
         await connection.wait_closed()
         audit(
-            "ws", outcome="closed", connection=connection.id, principal=_principal(connection.claims),
+            "ws", outcome="closed", connection=connection.id, principal=principal_of(connection.claims),
             remote=connection.address, status=connection.close_code,
         )
     return socket
@@ -153,12 +171,11 @@ async def _serve_connection(connection: ClientConnection, state: ServerState, cl
         if authenticated is None:
             return
         claims, request_id = authenticated
-        if not pool.admit(connection):
-            connection.close(
-                WSCloseCode.TRY_AGAIN_LATER,
-                "the server reached [server] max_clients while you authenticated; try again later",
-            )
+        held = pool.slot_refusal(claims)
+        if held is not None:
+            connection.close(WSCloseCode.TRY_AGAIN_LATER, _slot_refusal(held))  # it stops waiting too
             return
+        pool.admit(connection, claims)
         connection.authenticate(claims)
         refused = await _claim_shared_slot(connection, runtime, claims)
         if refused is not None:
@@ -169,15 +186,25 @@ async def _serve_connection(connection: ClientConnection, state: ServerState, cl
     if connection.closing:
         return
     runtime.record_seen(claims)
-    connection.send(codec.dumps({"type": "connected", "connection_id": connection.id, "timestamp": rfc3339()}))
+    connection.send(codec.dumps({
+        "jsonrpc": "2.0", "method": "connected",
+        "params": {"connection_id": connection.id, "timestamp": rfc3339()},
+    }))
     audit(
-        "ws", outcome="connected", connection=connection.id, principal=_principal(claims),
+        "ws", outcome="connected", connection=connection.id, principal=principal_of(claims),
         remote=connection.address,
     )
     await _read(connection, state, claims)
 
 
 _NOTIFICATION: Final = object()
+
+
+def _slot_refusal(limit: str) -> str:
+    """Why an authenticated socket gets no slot, naming the limit."""
+    if "per_device" in limit:
+        return f"this device already holds {limit} WebSockets; close one first"
+    return f"the server already holds its {limit} WebSockets; try again later or close another client"
 
 
 async def _claim_shared_slot(connection: ClientConnection, runtime: Runtime, claims: Claims) -> str | None:
@@ -187,7 +214,7 @@ async def _claim_shared_slot(connection: ClientConnection, runtime: Runtime, cla
     """
     server = runtime.config.server
     refused = await runtime.slots.claim(
-        connection.id, _principal(claims), server.max_clients, server.max_clients_per_device,
+        connection.id, principal_of(claims), server.max_clients, server.max_clients_per_device,
     )
     if refused is None:
         return None
@@ -195,13 +222,6 @@ async def _claim_shared_slot(connection: ClientConnection, runtime: Runtime, cla
         f"the servers already hold their [server] {refused} WebSocket connections; "
         "try again later or close another client"
     )
-
-
-def _principal(claims: Claims | None) -> str:
-    """Who a connection belongs to, for audit lines."""
-    if claims is None:
-        return "anonymous"
-    return claims.device_id or "admin"
 
 
 async def _authenticate(connection: ClientConnection, runtime: Runtime) -> tuple[Claims, Any] | None:
@@ -218,6 +238,9 @@ async def _authenticate(connection: ClientConnection, runtime: Runtime) -> tuple
                 if message.type is not WSMsgType.PONG:
                     break
     except TimeoutError:
+        # Holding an authentication slot without a word is squatting: it counts like a bad token.
+        audit("auth", outcome="refused", reason="no auth message", remote=connection.address, transport="ws")
+        runtime.record_auth_failure(connection.address, "websocket_auth")
         connection.close(WS_UNAUTHORIZED, f"no auth message within {timeout:g} s; send {AUTH_EXAMPLE} first")
         return None
     if message.type is WSMsgType.BINARY:
@@ -260,7 +283,23 @@ def _auth_request(raw: str) -> tuple[str | None, Any]:
         token = params[0]
     if not isinstance(token, str):
         return None, None
-    return token, message.get("id", _NOTIFICATION)
+    if "id" not in message:
+        return token, _NOTIFICATION
+    request_id = message["id"]
+    if not _is_plain_id(request_id):
+        return None, None
+    return token, request_id
+
+
+def _is_plain_id(request_id: Any) -> bool:
+    """Whether an id is one JSON-RPC allows: a string, a whole number, or null (not a bool)."""
+    if request_id is None or isinstance(request_id, str):
+        return True
+    if isinstance(request_id, bool):
+        return False
+    if isinstance(request_id, int):
+        return True
+    return isinstance(request_id, float) and request_id.is_integer()
 
 
 def _count_in(connection: ClientConnection) -> None:
@@ -282,6 +321,12 @@ async def _read(connection: ClientConnection, state: ServerState, claims: Claims
     count_in = state.metrics.ws_messages.inc
     tasks = connection.tasks
     while True:
+        if not connection.has_room:
+            # More than max_ws_queue_bytes wait for this client: read none of its requests until
+            # it takes some (aiohttp stops reading the socket too, so TCP pushes back).
+            await connection.wait_for_room()
+            if connection.closing:
+                return
         message = await socket.receive()
         kind = message.type
         if kind is WSMsgType.TEXT:
@@ -380,6 +425,12 @@ async def _reap(pool: ConnectionPool, runtime: Runtime) -> None:
                 "closing WebSocket %s from %s: idle for more than %d s", connection.id, connection.address, timeout,
             )
             connection.close(WS_IDLE, f"idle for more than {timeout} s; send a message at least that often")
+        for connection in pool.not_reading(timeout):
+            _LOGGER.warning(
+                "closing WebSocket %s from %s (device %s) with 1008: it read nothing for %d s, %d bytes waiting",
+                connection.id, connection.address, connection.device_id or "-", timeout, connection.queued_bytes,
+            )
+            connection.close(WSCloseCode.POLICY_VIOLATION, CLIENT_NOT_READING)
 
 
 async def _close_all(pool: ConnectionPool, timeout: float) -> None:

@@ -1,0 +1,133 @@
+"""The Host check: a request must name this server, or it gets 421 and nothing runs.
+
+A web page that rebinds its own DNS name to the server's LAN address makes the browser send
+requests with that page's host name in `Host`; refusing every name the server does not know
+is what stops it from reading `/status` or anything else. Accepted: any IP address literal,
+`localhost`, this machine's host name (also its first label and `NAME.local`), the host of the
+advertised address (the config's, or the one `config.setServer` stored, followed as it
+changes), and `[server] allowed_hosts`. A request with no Host header at all (HTTP/1.0 tools)
+names no foreign host and is let through.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Iterable
+from typing import Final
+from urllib.parse import urlsplit
+
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
+
+from osnova_server.events import CONFIG_CHANGED, Event
+from osnova_server.services.settings import SERVER_ADDRESS_KEY
+from osnova_server.web.errors import json_error
+from osnova_server.web.keys import STATE_KEY
+
+LOCALHOST: Final = "localhost"
+MDNS_SUFFIX: Final = ".local"
+_SHOWN_CHARS: Final = 100
+
+
+def host_name(header: str) -> str:
+    """The host part of a Host header value, lower-case, without port, brackets or final dot."""
+    value = header.strip()
+    if value.startswith("["):
+        return value[1:].partition("]")[0].lower()
+    host, colon, port = value.rpartition(":")
+    if colon and port.isdigit() and ":" not in host:
+        value = host
+    return value.rstrip(".").lower()
+
+
+def machine_names(hostname: str | None = None) -> frozenset[str]:
+    """This machine's names: its host name, the name's first label, and `label.local`."""
+    name = (hostname if hostname is not None else socket.gethostname()).rstrip(".").lower()
+    label = name.partition(".")[0]
+    return frozenset(n for n in (name, label, label + MDNS_SUFFIX, LOCALHOST) if n)
+
+
+def address_host(address: str | None) -> str | None:
+    """The host of an advertised address such as `https://home.example:8443`."""
+    if not address:
+        return None
+    try:
+        host = urlsplit(address if "//" in address else f"//{address}").hostname
+    except ValueError:
+        return None
+    return host.rstrip(".").lower() if host else None
+
+
+def _is_ip(host: str) -> bool:
+    """Whether `host` is an IPv4 or IPv6 address literal."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class HostNames:
+    """The names this server answers to; the advertised one follows `config.setServer`."""
+
+    __slots__ = ("machine", "stored", "_configured", "_configured_host")
+
+    def __init__(self, machine: Iterable[str]) -> None:
+        self.machine = frozenset(machine)
+        # The host of the address config.setServer stored, if any.
+        self.stored: str | None = None
+        self._configured = ""
+        self._configured_host: str | None = None
+
+    def allows(self, host: str, configured: str, allowed: Iterable[str]) -> bool:
+        """Whether `host` (already lower-case) names this server; `configured` is advertised_address."""
+        if host in self.machine or host == self.stored or _is_ip(host):
+            return True
+        if configured != self._configured:  # changed by a SIGHUP reload
+            self._configured, self._configured_host = configured, address_host(configured)
+        if host == self._configured_host:
+            return True
+        return any(host == name.rstrip(".").lower() for name in allowed)
+
+    def follow(self, event: Event) -> None:
+        """Event-bus listener: keep the stored advertised host current."""
+        if event.topic == CONFIG_CHANGED and event.data.get("key") == SERVER_ADDRESS_KEY:
+            value = event.data.get("value")
+            self.stored = address_host(value if isinstance(value, str) else None)
+
+
+def setup_host(app: web.Application) -> None:
+    """Install the middleware that answers 421 to requests for a host this server is not."""
+    state = app[STATE_KEY]
+    names = HostNames(machine_names())
+    unlisten: list[Callable[[], None]] = []
+
+    async def start(app: web.Application) -> None:
+        runtime = state.runtime
+        names.stored = address_host(await runtime.settings.get_server())
+        unlisten.append(runtime.events.listen(names.follow))
+
+    async def stop(app: web.Application) -> None:
+        while unlisten:
+            unlisten.pop()()
+
+    app.on_startup.append(start)
+    app.on_shutdown.append(stop)
+
+    @web.middleware
+    async def host_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        header = request.headers.get(hdrs.HOST)
+        if header is None:
+            return await handler(request)
+        server = state.runtime.config.server
+        host = host_name(header)
+        if names.allows(host, server.advertised_address, server.allowed_hosts):
+            return await handler(request)
+        return json_error(
+            421,
+            f"this server does not answer to the host name {host[:_SHOWN_CHARS]!r}; use its IP address "
+            "or add the name to [server] allowed_hosts",
+        )
+
+    app.middlewares.append(host_middleware)

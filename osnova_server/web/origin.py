@@ -1,0 +1,53 @@
+"""The Origin check on /rpc and /ws: a web page from elsewhere gets 403 before anything is read.
+
+A browser sends `Origin` with every cross-site POST (even a CORS-"simple" `text/plain` one that
+needs no preflight) and with every WebSocket upgrade. Unless that origin is one of `[cors]
+allowed_origins` (or `*` is) or the server's own (`scheme://Host`), the request is refused
+here: before its body is read, before the socket is upgraded, before its token is looked at,
+so it runs nothing and counts nothing towards a ban. Requests without `Origin` (curl, phone
+apps, the CLI) are not affected; preflights (OPTIONS) are aiohttp-cors's to answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
+
+from osnova_server.web.cors import ANY_ORIGIN
+from osnova_server.web.errors import json_error
+from osnova_server.web.keys import STATE_KEY
+
+CHECKED_PATHS: Final = frozenset({"/rpc", "/ws"})
+_SHOWN_CHARS: Final = 100
+
+
+def origin_allowed(origin: str, own: str, allowed: Sequence[str]) -> bool:
+    """Whether a browser page at `origin` may call this server."""
+    origin = origin.strip().rstrip("/").lower()
+    if origin == own.lower():
+        return True
+    return any(entry == ANY_ORIGIN or entry.rstrip("/").lower() == origin for entry in allowed)
+
+
+def setup_origin(app: web.Application) -> None:
+    """Install the middleware that refuses cross-origin calls and upgrades with 403."""
+    state = app[STATE_KEY]
+
+    @web.middleware
+    async def origin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get(hdrs.ORIGIN)
+        if origin is None or request.path not in CHECKED_PATHS or request.method == hdrs.METH_OPTIONS:
+            return await handler(request)
+        own = f"{request.scheme}://{request.host}"
+        if origin_allowed(origin, own, state.runtime.config.cors.allowed_origins):
+            return await handler(request)
+        return json_error(
+            403,
+            f"web pages from {origin[:_SHOWN_CHARS]} may not call this server; if you trust that page, "
+            "add its origin to [cors] allowed_origins",
+        )
+
+    app.middlewares.append(origin_middleware)
