@@ -21,6 +21,7 @@ FORBIDDEN: Final = -32003
 MANIFEST_INVALID: Final = -32004
 UNSUPPORTED_SCHEME: Final = -32005
 FETCH_FAILED: Final = -32006
+ANSWER_TOO_LARGE: Final = -32007
 RATE_LIMITED: Final = -32029
 
 
@@ -117,6 +118,13 @@ class FetchFailed(RpcError):
 
     code = FETCH_FAILED
     default_message = "Fetch failed"
+
+
+class AnswerTooLarge(RpcError):
+    """A call's answer would take the whole answer past `[limits] max_response_bytes`; it was not sent."""
+
+    code = ANSWER_TOO_LARGE
+    default_message = "Answer too large"
 
 
 class RateLimited(RpcError):

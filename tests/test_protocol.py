@@ -9,18 +9,26 @@ devices) as it was.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+import select
+import socket
+import time
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from osnova_server.client import OsnovaClient
 from osnova_server.rpc import codec, protocol
 from osnova_server.web.rpc_view import COMPRESS_MIN_BYTES
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, cli, free_port, make_config, running_server, write_config
+from tests.test_pairing import pair_device
 
 ADDRESS = "https://home.example:8443"
 
@@ -477,9 +485,9 @@ def test_envelope_names_only_methods_that_would_run() -> None:
 
 
 def test_encode_turns_only_the_unserialisable_result_into_an_internal_error() -> None:
-    answers = [result(object(), 1), result("fine", 2)]
-    assert json.loads(protocol.encode(answers)) == [error(-32603, "Internal error", 1), result("fine", 2)]
-    assert json.loads(protocol.encode(result({1, 2}, "x"))) == error(-32603, "Internal error", "x")
+    assert json.loads(protocol.encode_answer(result(object(), 1))) == error(-32603, "Internal error", 1)
+    assert json.loads(protocol.encode_answer(result("fine", 2))) == result("fine", 2)
+    assert json.loads(protocol.encode_answer(result({1, 2}, "x"))) == error(-32603, "Internal error", "x")
 
 
 # -- input: one parser's answers, surrogates, whole floats, parse-error sentences ----------------
@@ -564,3 +572,147 @@ async def test_parse_errors_are_whole_sentences_whatever_else_the_body_holds(
     if not reason.endswith("column "):
         assert messages == [f"Parse error: {reason}{tail}"] * 2
     assert await rpc.state() == before
+
+
+# -- the answer budget: [limits] max_response_bytes ---------------------------------------------------
+
+
+def big_manifest(index: int, size: int) -> dict[str, Any]:
+    """A valid manifest of about `size` bytes (the bulk in a component's config)."""
+    return {
+        "id": f"ant://big-{index}", "name": f"Big {index}", "version": "1.0.0", "iconUri": "https://example.com/i.png",
+        "description": "large", "components": [
+            {"id": f"ant://big-{index}-ui", "name": "UI", "kind": "frontend", "version": "1.0.0",
+             "config": {"blob": "x" * size}},
+        ],
+    }
+
+
+async def install_big_apps(server_url: str, token: str, directory: Path, count: int, size: int) -> None:
+    """Install `count` apps of about `size` bytes each from file:// manifests, as admin."""
+    async with OsnovaClient(server_url, token) as admin:
+        for index in range(count):
+            path = directory / f"big-{index}.json"
+            path.write_text(json.dumps(big_manifest(index, size)))
+            await admin.call("apps.install", {"manifest_uri": path.as_uri()})
+
+
+def apps_list_batch(count: int) -> bytes:
+    """A batch of `count` apps.list calls: about 50 bytes each."""
+    members = [{"jsonrpc": "2.0", "method": "apps.list", "id": n} for n in range(count)]
+    return json.dumps(members, separators=(",", ":")).encode()
+
+
+async def test_batch_answers_past_max_response_bytes_are_answer_too_large(state_dir: Path, tmp_path: Path) -> None:
+    limit = 300_000
+    config = make_config(state_dir, limits={"max_response_bytes": limit})
+    async with running_server(config) as server, aiohttp.ClientSession() as http:
+        await install_big_apps(server.url, server.admin_token(), tmp_path, 2, 50_000)
+        device = await pair_device(server)
+        headers = {"Authorization": f"Bearer {device['access_token']}"}
+        before = await server.runtime.store.schema_version(), server.runtime.store.apps()
+        async with http.post(f"{server.url}/rpc", data=apps_list_batch(100), headers=headers) as answer:
+            assert answer.status == 200
+            raw = await answer.read()
+        answers = json.loads(raw)
+        listed = [a for a in answers if "result" in a]
+        refused = [a for a in answers if "error" in a]
+        assert len(listed) == 2 and all(len(a["result"]) == 2 for a in listed)  # two 100 KB answers fit
+        assert [a["id"] for a in answers] == list(range(100))
+        assert {a["error"]["code"] for a in refused} == {-32007} and len(refused) == 98
+        assert refused[0]["error"]["data"] == {"max_response_bytes": limit}
+        assert "max_response_bytes" in refused[0]["error"]["message"]
+        assert len(raw) <= limit + 250 * len(refused)
+        # One call alone past the limit is refused the same way, on /rpc and on /ws.
+        small = make_config(state_dir, limits={"max_response_bytes": 50_000})
+        server.runtime.config = small
+        async with http.post(f"{server.url}/rpc", json={"jsonrpc": "2.0", "method": "apps.list", "id": "a"},
+                             headers=headers) as answer:
+            single = await answer.json()
+        assert single["id"] == "a" and single["error"]["code"] == -32007
+        async with http.ws_connect(f"{server.url}/ws", headers=headers) as ws:
+            await ws.send_str(json.dumps({"jsonrpc": "2.0", "method": "apps.list", "id": "w"}))
+            while True:
+                message = json.loads((await ws.receive(timeout=5)).data)
+                if message.get("id") == "w":
+                    break
+        assert message["error"]["code"] == -32007 and message["error"]["data"] == {"max_response_bytes": 50_000}
+        assert (await server.runtime.store.schema_version(), server.runtime.store.apps()) == before
+
+
+def vm_kib(pid: int, key: str) -> int:
+    """A VmRSS-style line of /proc/PID/status, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {key} in /proc/{pid}/status")
+
+
+# What the server may grow by while it holds three unread batch answers: three budgets of 8 MiB
+# and their compressed or queued copies, with room for the allocator. Without the budget it
+# grew by about 2 GiB (94 MiB to 2 GiB).
+RSS_GROWTH_BOUND_MIB = 160
+
+
+def test_three_unread_batches_of_apps_list_keep_server_memory_bounded(tmp_path: Path, server_process: Any) -> None:
+    port = free_port()
+    state = tmp_path / "state"
+    config = make_config(state, server={"bind_address": f"127.0.0.1:{port}", "state_dir": str(state)})
+    path = write_config(tmp_path / "server.toml", config)
+    process = server_process(path)
+    url = f"http://127.0.0.1:{port}"
+    process.wait_ready(url)
+    admin_token = cli("--config", str(path), "token").stdout.strip()
+
+    async def prepare() -> str:
+        await install_big_apps(url, admin_token, tmp_path, 4, 1_000_000)
+        async with OsnovaClient(url, admin_token) as admin:
+            payload = await admin.call("pairing.start")
+        async with OsnovaClient(url) as anonymous:
+            grant = await anonymous.call("pairing.complete", {"token": payload["pairing"]["code"]})
+        async with OsnovaClient(url, grant["access_token"]) as device:
+            assert len(await device.call("apps.list")) == 4  # warm: the listing is built once
+        return str(grant["access_token"])
+
+    token = asyncio.run(prepare())
+    pid = process.process.pid
+    baseline = vm_kib(pid, "VmRSS")
+    # Start the peak (VmHWM) from here, not from the installs (Linux: "5" resets it).
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    body = apps_list_batch(100)
+    assert len(body) < 5200
+    request = (
+        f"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    try:
+        for sock in sockets:
+            sock.sendall(request)
+        # Each answer has been built once its first bytes arrive; they are peeked at, not read.
+        deadline = time.monotonic() + 60
+        pending = list(sockets)
+        while pending and time.monotonic() < deadline:
+            readable, _, _ = select.select(pending, [], [], 1)
+            pending = [sock for sock in pending if sock not in readable]
+        assert not pending, "the server did not answer the batches"
+        time.sleep(0.5)
+        peak = vm_kib(pid, "VmHWM")
+        now = vm_kib(pid, "VmRSS")
+        assert (peak - baseline) / 1024 < RSS_GROWTH_BOUND_MIB, (baseline, peak, now)
+        # Now read one answer: two apps.list answers within the 8 MiB budget, 98 refusals.
+        sockets[0].setblocking(True)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += sockets[0].recv(65536)
+        head, _, rest = received.partition(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", head, re.IGNORECASE).group(1))  # type: ignore[union-attr]
+        while len(rest) < length:
+            rest += sockets[0].recv(1 << 20)
+        answers = json.loads(rest)
+        assert sum("result" in answer for answer in answers) == 2
+        assert sum(answer.get("error", {}).get("code") == -32007 for answer in answers) == 98
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert process.stop()[0] == 0

@@ -22,6 +22,7 @@ from osnova_server.security.roles import Role
 from osnova_server.security.tokens import Claims, Scope, TokenAuthority
 
 SECRET_IN_FAILURE = "hunter2-do-not-leak"
+UNBOUNDED = 1 << 40  # an answer budget no test reaches
 
 registry = Registry()
 
@@ -239,7 +240,8 @@ async def test_unexpected_failure_is_internal_error_without_details_and_logged(c
     request = {"jsonrpc": "2.0", "method": "broken.unexpected", "id": "req-4242"}
     with caplog.at_level(logging.ERROR, logger="osnova_server.rpc.protocol"):
         answer = await dispatcher.call(request, context())
-    wire = protocol.encode(answer)  # type: ignore[arg-type]
+    assert answer is not None
+    wire = protocol.encode_answer(answer)
     assert json.loads(wire) == {"jsonrpc": "2.0", "error": {"code": -32603, "message": "Internal error"}, "id": "req-4242"}
     assert SECRET_IN_FAILURE.encode() not in wire
     assert b"Traceback" not in wire and b"RuntimeError" not in wire
@@ -264,7 +266,8 @@ async def test_a_result_that_is_not_json_becomes_an_internal_error_for_that_call
         b'[{"jsonrpc":"2.0","method":"broken.result","id":1},{"jsonrpc":"2.0","method":"open.ping","id":2}]', 100,
     )
     with caplog.at_level(logging.ERROR, logger="osnova_server.rpc.protocol"):
-        wire = protocol.encode(await dispatcher.execute(envelope, context()))
+        wire = await dispatcher.respond(envelope, context(), UNBOUNDED)
+    assert wire is not None
     assert json.loads(wire) == [
         {"jsonrpc": "2.0", "error": {"code": -32603, "message": "Internal error"}, "id": 1},
         {"jsonrpc": "2.0", "result": "pong", "id": 2},
@@ -301,14 +304,16 @@ async def test_batch_members_run_concurrently_within_the_bound() -> None:
         return peak
 
     members = [{"jsonrpc": "2.0", "method": "slow.wait", "id": n} for n in range(BATCH_CONCURRENCY * 3)]
-    task = asyncio.ensure_future(Dispatcher(local).execute(protocol.Envelope(members, True), context()))
+    task = asyncio.ensure_future(Dispatcher(local).respond(protocol.Envelope(members, True), context(), UNBOUNDED))
     for _ in range(100):
         if running == BATCH_CONCURRENCY:
             break
         await asyncio.sleep(0)
     assert running == BATCH_CONCURRENCY  # that many run at once, and no more
     release.set()
-    answers = await task
+    wire = await task
+    assert wire is not None
+    answers = json.loads(wire)
     assert peak == BATCH_CONCURRENCY
     assert [answer["id"] for answer in answers] == list(range(BATCH_CONCURRENCY * 3))
 
@@ -381,3 +386,59 @@ def test_derived_values_are_kept_until_a_method_is_added() -> None:
     local.method("one", role=Role.MEMBER)(_sync_ctx)
     assert local.derived("count", build) == 1
     assert builds == [0, 1]
+
+
+# -- the answer budget ----------------------------------------------------------------------------
+
+
+@registry.method("big.text", role=Role.MEMBER)
+async def big_text(ctx: Context, size: int) -> str:
+    """Return `size` characters, so a test controls how large each answer is."""
+    return "x" * size
+
+
+def big_batch(count: int, size: int) -> protocol.Envelope:
+    """A batch of `count` big.text calls, ids 0 to count - 1."""
+    return protocol.Envelope(
+        [{"jsonrpc": "2.0", "method": "big.text", "params": [size], "id": n} for n in range(count)], True,
+    )
+
+
+def too_large(limit: int, request_id: Any) -> dict[str, Any]:
+    """The -32007 answer for a budget of `limit` bytes."""
+    return {"jsonrpc": "2.0", "id": request_id, "error": {
+        "code": -32007,
+        "message": f"answer too large: it would take this message's answer past [limits] max_response_bytes = "
+                   f"{limit} bytes; ask for less in one message (split the batch)",
+        "data": {"max_response_bytes": limit},
+    }}
+
+
+@pytest.mark.parametrize("count", [1, 10, BATCH_CONCURRENCY * 2])
+async def test_batch_members_past_the_budget_are_answered_answer_too_large(count: int) -> None:
+    one = len(protocol.encode_answer({"jsonrpc": "2.0", "result": "x" * 1000, "id": 0})) + 1
+    limit = one * 3 + 10  # room for three answers, and a little
+    wire = await Dispatcher(registry).respond(big_batch(count, 1000), context(), limit)
+    assert wire is not None
+    answers = json.loads(wire)
+    fitting = min(count, 3)
+    assert [answer.get("result") for answer in answers[:fitting]] == ["x" * 1000] * fitting
+    assert answers[fitting:] == [too_large(limit, n) for n in range(fitting, count)]
+    # What was built for this message: the budget, plus a short error for each member past it.
+    assert len(wire) <= limit + 250 * (count - fitting)
+
+
+async def test_a_single_answer_past_the_budget_is_answer_too_large() -> None:
+    request = {"jsonrpc": "2.0", "method": "big.text", "params": {"size": 5000}, "id": "big"}
+    wire = await Dispatcher(registry).respond(protocol.Envelope([request], False), context(), 4096)
+    assert wire is not None and json.loads(wire) == too_large(4096, "big")
+    fits = await Dispatcher(registry).respond(protocol.Envelope([request], False), context(), 6000)
+    assert fits is not None and json.loads(fits)["result"] == "x" * 5000
+
+
+async def test_notifications_take_nothing_from_the_budget() -> None:
+    members = [{"jsonrpc": "2.0", "method": "big.text", "params": [3000]} for _ in range(5)]
+    members.append({"jsonrpc": "2.0", "method": "big.text", "params": [3000], "id": 9})
+    wire = await Dispatcher(registry).respond(protocol.Envelope(members, True), context(), 4096)
+    assert wire is not None and [answer["id"] for answer in json.loads(wire)] == [9]
+    assert "result" in json.loads(wire)[0]

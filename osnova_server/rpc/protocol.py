@@ -1,9 +1,14 @@
 """JSON-RPC 2.0 framing: decode a message, run its calls through the registry, shape answers.
 
 This module knows the specification and nothing of HTTP or WebSockets; `/rpc` and `/ws` both
-call `decode` then `execute`. Decoding is separate from executing so a transport can look at
-what a message calls (public methods only? how many members to charge the rate limiter?)
-before anything runs.
+call `decode` then `Dispatcher.respond`. Decoding is separate from running so a transport can
+look at what a message calls (public methods only? how many members to charge the rate
+limiter?) before anything runs.
+
+Answers are encoded as each call finishes, against the message's byte budget
+(`[limits] max_response_bytes`): a call whose answer would take the message's answer past it is
+answered -32007 instead, so one small request can never make the server hold more than the
+budget (plus those short errors) for it, however large each result is.
 """
 
 from __future__ import annotations
@@ -14,7 +19,14 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from osnova_server.errors import InternalError, InvalidRequest, MethodNotFound, ParseError, RpcError
+from osnova_server.errors import (
+    AnswerTooLarge,
+    InternalError,
+    InvalidRequest,
+    MethodNotFound,
+    ParseError,
+    RpcError,
+)
 from osnova_server.rpc import codec
 from osnova_server.rpc.context import Context
 from osnova_server.rpc.registry import Registry
@@ -75,29 +87,41 @@ def error_answer(error: RpcError, request_id: Any = None) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "error": error.to_dict(), "id": request_id}
 
 
-def encode(answer: dict[str, Any] | list[dict[str, Any]]) -> bytes:
-    """Serialise what `execute` returned; the one place results become bytes.
+def encode_answer(answer: dict[str, Any]) -> bytes:
+    """One response object as bytes; the one place results become bytes.
 
     A result that is not JSON (a method returned a datetime, say) must not cost the whole
-    answer: only that call turns into -32603, and the log says which method it was.
+    answer: only that call turns into -32603, and the log says which request it was.
     """
     try:
         return codec.dumps(answer)
     except (TypeError, ValueError):
-        pass
-    if isinstance(answer, list):
-        return codec.dumps([_encodable(member) for member in answer])
-    return codec.dumps(_encodable(answer))
-
-
-def _encodable(answer: dict[str, Any]) -> dict[str, Any]:
-    """The answer itself if it serialises, else an internal error for the same id."""
-    try:
-        codec.dumps(answer)
-    except (TypeError, ValueError):
         _LOGGER.error("result of request id %r is not JSON: %s", answer.get("id"), type(answer.get("result")).__name__)
-        return error_answer(InternalError(), answer.get("id"))
-    return answer
+        return codec.dumps(error_answer(InternalError(), answer.get("id")))
+
+
+class AnswerBudget:
+    """The bytes one message's answer may still take; `take` encodes within it."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, answer: dict[str, Any]) -> bytes:
+        """Encode one response object, or -32007 for its id when it would not fit any more."""
+        encoded = encode_answer(answer)
+        # One byte more for the comma or bracket around it in a batch.
+        if self.used + len(encoded) + 1 > self.limit:
+            del encoded
+            encoded = codec.dumps(error_answer(AnswerTooLarge(
+                f"answer too large: it would take this message's answer past [limits] max_response_bytes = "
+                f"{self.limit} bytes; ask for less in one message (split the batch)",
+                data={"max_response_bytes": self.limit},
+            ), answer.get("id")))
+        self.used += len(encoded) + 1
+        return encoded
 
 
 def _valid_id(member: dict[str, Any]) -> Any:
@@ -151,27 +175,35 @@ class Dispatcher:
         self.registry = registry
         self.observe = observe
 
-    async def execute(self, envelope: Envelope, ctx: Context) -> Any:
-        """Run every call of the envelope; return the answer, or None when nothing is owed."""
+    async def respond(self, envelope: Envelope, ctx: Context, max_bytes: int) -> bytes | None:
+        """Run every call of the envelope; its encoded answer within `max_bytes`, or None when nothing is owed."""
         if envelope.error is not None:
-            return error_answer(envelope.error)
+            return codec.dumps(error_answer(envelope.error))
+        budget = AnswerBudget(max_bytes)
+        members = envelope.members
         if not envelope.is_batch:
-            return await self.call(envelope.members[0], ctx)
-        if len(envelope.members) == 1:
-            answers = [await self.call(envelope.members[0], ctx)]
-        elif len(envelope.members) <= BATCH_CONCURRENCY:
+            answer = await self.call(members[0], ctx)
+            return None if answer is None else budget.take(answer)
+        if len(members) == 1:
+            parts = [await self._answer(members[0], ctx, budget)]
+        elif len(members) <= BATCH_CONCURRENCY:
             # Within the bound anyway: no semaphore, and no wrapper coroutine per member.
-            answers = await asyncio.gather(*(self.call(member, ctx) for member in envelope.members))
+            parts = await asyncio.gather(*(self._answer(member, ctx, budget) for member in members))
         else:
             gate = asyncio.Semaphore(BATCH_CONCURRENCY)
 
-            async def bounded(member: Any) -> Any:
+            async def bounded(member: Any) -> bytes | None:
                 async with gate:
-                    return await self.call(member, ctx)
+                    return await self._answer(member, ctx, budget)
 
-            answers = await asyncio.gather(*(bounded(member) for member in envelope.members))
-        present = [answer for answer in answers if answer is not None]
-        return present or None
+            parts = await asyncio.gather(*(bounded(member) for member in members))
+        present = [part for part in parts if part is not None]
+        return b"[" + b",".join(present) + b"]" if present else None
+
+    async def _answer(self, member: Any, ctx: Context, budget: AnswerBudget) -> bytes | None:
+        """Run one batch member and encode its answer at once, so no result outlives its call."""
+        answer = await self.call(member, ctx)
+        return None if answer is None else budget.take(answer)
 
     async def call(self, member: Any, ctx: Context) -> dict[str, Any] | None:
         """Run one Request object; None for a notification."""
@@ -226,6 +258,7 @@ _OUTCOMES: Final = {
     -32004: "manifest_invalid",
     -32005: "unsupported_scheme",
     -32006: "fetch_failed",
+    -32007: "answer_too_large",
     -32029: "rate_limited",
 }
 

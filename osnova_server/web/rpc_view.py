@@ -28,8 +28,9 @@ async def rpc_view(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     runtime = state.runtime
     dispatcher = state.dispatcher
-    body = await request.read()  # over client_max_size aiohttp answers 413 on its own
-    envelope = protocol.decode(body, runtime.config.limits.max_batch)
+    raw = await request.read()  # over client_max_size aiohttp answers 413 on its own
+    envelope = protocol.decode(raw, runtime.config.limits.max_batch)
+    del raw
     claims = request[CLAIMS_KEY]
     if claims is None and envelope.error is None:
         registry = dispatcher.registry
@@ -39,10 +40,10 @@ async def rpc_view(request: web.Request) -> web.StreamResponse:
     if refusal is not None:
         return refusal
     ctx = Context(runtime, claims, request[REMOTE_KEY], "http")
-    answer = await dispatcher.execute(envelope, ctx)
-    if answer is None:
+    # Built within [limits] max_response_bytes: members past it are answered -32007.
+    body = await dispatcher.respond(envelope, ctx, runtime.config.limits.max_response_bytes)
+    if body is None:
         return web.Response(status=204)
-    body = protocol.encode(answer)
     response = web.Response(body=body, content_type=JSON_CONTENT_TYPE)
     if len(body) > COMPRESS_MIN_BYTES:
         # aiohttp picks gzip or deflate from Accept-Encoding, and sends identity without one.

@@ -368,9 +368,13 @@ async def _serve(
     try:
         envelope = protocol.decode(raw, runtime.config.limits.max_batch)
         wait = await runtime.limiter.acquire(bucket, envelope.cost)
-        answer = _rate_limited(envelope, wait) if wait > 0 else await dispatcher.execute(envelope, ctx)
+        if wait > 0:
+            refused = _rate_limited(envelope, wait)
+            answer = None if refused is None else codec.dumps(refused)
+        else:
+            answer = await dispatcher.respond(envelope, ctx, runtime.config.limits.max_response_bytes)
         if answer is not None:
-            connection.send(protocol.encode(answer))
+            connection.send(answer)
     except Exception:
         _LOGGER.exception("WebSocket %s: a message could not be served", connection.id)
     finally:
