@@ -32,6 +32,7 @@ from osnova_server.security.tokens import REVOKED, Claims, TokenAuthority, Token
 from osnova_server.services.apps import AppCatalog
 from osnova_server.services.bans import BanList
 from osnova_server.services.devices import DeviceRegistry
+from osnova_server.services.fetch_slots import FetchSlots
 from osnova_server.services.identity import Identity, load_or_create_identity
 from osnova_server.services.pairing import PairingBook, PairingCodes
 from osnova_server.services.settings import ServerSettings
@@ -228,7 +229,10 @@ async def open_runtime(config: Config) -> AsyncIterator[Runtime]:
             limiter=limiter,
             scheduler=scheduler,
             identity=identity,
-            apps=AppCatalog(store, events, config.apps),
+            apps=AppCatalog(
+                store, events, config.apps,
+                fetch_slots=FetchSlots(config.limits.max_concurrent_fetches, config.apps.fetch_timeout),
+            ),
             # Read at each call, so a SIGHUP-reloaded advertised_address is honoured.
             settings=ServerSettings(store, events, lambda: runtime.config.server.advertised_address),
             bans=bans,

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from osnova_server.config import AppsSection
 from osnova_server.events import APPS_INSTALLED, APPS_UNINSTALLED, Bus
+from osnova_server.services.fetch_slots import FetchSlots
 from osnova_server.services.manifest import FetchPolicy, fetch_manifest, parse_manifest
 from osnova_server.store import AppRecord, Store
 from osnova_server.timestamps import rfc3339
@@ -37,18 +38,20 @@ def without_user_info(uri: str) -> str:
 class AppCatalog:
     """The apps this server keeps, over the store, with fetch rules from the `[apps]` section."""
 
-    __slots__ = ("_events", "_settings", "_store", "fetch_ssl_context")
+    __slots__ = ("_events", "_settings", "_store", "fetch_slots", "fetch_ssl_context")
 
     def __init__(
         self,
         store: Store,
         events: Bus,
         settings: AppsSection,
+        fetch_slots: FetchSlots,
         fetch_ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._store = store
         self._events = events
         self._settings = settings
+        self.fetch_slots = fetch_slots
         # None verifies https:// manifests against the system's trusted CAs; tests set a
         # context trusting their own CA here rather than turning verification off.
         self.fetch_ssl_context = fetch_ssl_context
@@ -67,9 +70,13 @@ class AppCatalog:
         """Every installed app in the `apps.list` shape, oldest install first."""
         return self._store.app_listing()
 
-    async def install(self, manifest_uri: str, allow_file: bool) -> str:
-        """Fetch and validate the manifest at `manifest_uri`, store the app, return its id."""
-        raw = await fetch_manifest(manifest_uri, self.policy(allow_file))
+    async def install(self, manifest_uri: str, allow_file: bool, principal: str = "admin") -> str:
+        """Fetch and validate the manifest at `manifest_uri`, store the app, return its id.
+
+        The fetch holds one of `principal`'s fetch slots (-32029 when none is free).
+        """
+        with self.fetch_slots.hold(principal):
+            raw = await fetch_manifest(manifest_uri, self.policy(allow_file))
         # Schema validation of up to 1 MiB is CPU work: keep it off the event loop.
         manifest = await asyncio.to_thread(parse_manifest, raw)
         previous = {app.id: app.version for app in self._store.apps()}.get(manifest.id)

@@ -8,6 +8,7 @@ from osnova_server.errors import (
     FetchFailed,
     Forbidden,
     ManifestInvalid,
+    RateLimited,
     UnsupportedScheme,
 )
 from osnova_server.rpc.context import Context
@@ -21,14 +22,16 @@ async def apps_list(ctx: Context) -> list[dict[str, Any]]:
     return ctx.runtime.apps.installed()
 
 
-@rpc.method("apps.install", role=Role.OWNER, errors=(Forbidden, ManifestInvalid, UnsupportedScheme, FetchFailed))
+@rpc.method("apps.install", role=Role.OWNER, errors=(Forbidden, ManifestInvalid, UnsupportedScheme, FetchFailed, RateLimited))
 async def apps_install(ctx: Context, manifest_uri: str) -> str:
     """Install (or upgrade) the app whose manifest is at `manifest_uri`; return its id.
 
     `https://` manifests are fetched for owners and admins, `http://` only with `[apps] allow_http`,
     `ant://` through `[apps] ant_gateway`, and `file://` for admin tokens only (-32003 otherwise).
+    At most `[limits] max_concurrent_fetches` fetches run at once, 2 per caller; past that the
+    call is -32029 with `data.retry_after`.
     """
-    return await ctx.runtime.apps.install(manifest_uri, allow_file=ctx.role is Role.ADMIN)
+    return await ctx.runtime.apps.install(manifest_uri, allow_file=ctx.role is Role.ADMIN, principal=ctx.principal)
 
 
 @rpc.method("apps.uninstall", role=Role.OWNER)
