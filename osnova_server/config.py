@@ -11,6 +11,7 @@ import ipaddress
 import math
 import os
 import re
+import stat
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
@@ -519,7 +520,15 @@ def load(path: Path | None) -> Config:
     if path is None:
         return Config()
     try:
-        with path.open("rb") as handle:
+        # Opened without blocking and checked to be a regular file before it is read: a FIFO
+        # would wait for a writer forever, a device could be read without end.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(descriptor, "rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(path)
+            if not stat.S_ISREG(mode):
+                raise ConfigError([f"config file {path} is not a regular file; pass the path of a .toml file"])
             raw = tomllib.load(handle)
     except FileNotFoundError:
         problem = f"config file {path} not found; create one with `osnova-server --config {path} init`"

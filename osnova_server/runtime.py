@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import aiojobs
@@ -189,12 +190,28 @@ class Runtime:
         return observer
 
 
+class StateDirUnusable(Exception):
+    """`[server] state_dir` cannot be created or is not a directory; the message says what to do."""
+
+
+def make_state_dir(path: Path) -> None:
+    """Create the state dir (0700) if missing; StateDirUnusable, in one line, when it cannot be."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as err:
+        # Under a file (ENOTDIR), a file itself (EEXIST), under /proc (ENOENT), read-only, no rights...
+        reason = err.strerror or type(err).__name__
+        raise StateDirUnusable(
+            f"cannot use {path} as [server] state_dir: {reason}; set it to a directory this user may create and write"
+        ) from None
+
+
 @asynccontextmanager
 async def open_runtime(config: Config) -> AsyncIterator[Runtime]:
     """Build the runtime for `config`; everything opened is closed again in reverse order."""
     async with AsyncExitStack() as stack:
         state_dir = config.state_dir
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_state_dir(state_dir)
         # Before anything in the state dir is read or written: a second server stops here.
         lock = StateLock.acquire(state_dir)
         stack.callback(lock.release)

@@ -27,6 +27,7 @@ from osnova_server import systemd
 from osnova_server.app import create_app
 from osnova_server.config import Config, ConfigError
 from osnova_server.logs import LoggingHandle, setup_logging
+from osnova_server.runtime import StateDirUnusable
 from osnova_server.security.renewal import CertificateRenewal
 from osnova_server.security.secret import configured_secret
 from osnova_server.security.tls import TlsError, certificate_not_after, create_ssl_context, reload_ssl_context
@@ -125,7 +126,7 @@ class Server:
             await self.runner.setup()
         except ConfigError as err:
             raise StartupError("\n".join(err.problems), EXIT_USAGE) from None
-        except (StoreError, StateDirBusy, StateDirLockError) as err:
+        except (StoreError, StateDirBusy, StateDirLockError, StateDirUnusable) as err:
             raise StartupError(str(err), EXIT_FAILURE) from None
         site = GuardedSite(
             self.runner, self.config.host, self.config.port, self.connections,

@@ -255,6 +255,20 @@ def test_config_path_is_a_directory(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_config_that_is_not_a_regular_file_is_refused_without_waiting(tmp_path: Path, command: str, kind: str) -> None:
+    """A FIFO (no writer would ever come) or a device (endless) is refused at once, not read."""
+    if kind == "fifo":
+        path = tmp_path / "server.toml"
+        os.mkfifo(path)
+    else:
+        path = Path("/dev/zero")
+    assert _refused(cli("--config", str(path), command, timeout=20)) == [
+        f"config file {path} is not a regular file; pass the path of a .toml file"
+    ]
+
+
 # -- TLS files -----------------------------------------------------------------------------------
 
 

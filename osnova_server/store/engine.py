@@ -18,6 +18,8 @@ from typing import Any, Final, Protocol
 
 import aiosqlite
 
+from osnova_server.errors import InternalError
+
 _LOGGER = logging.getLogger(__name__)
 
 Row = Sequence[Any]
@@ -89,6 +91,13 @@ class _SqliteTransaction:
             return await cursor.fetchone()
 
 
+class DiskFull(InternalError):
+    """A write failed because the disk is full; nothing was changed (-32603, logged as "disk full")."""
+
+    def __init__(self) -> None:
+        super().__init__("Internal error: the server's disk is full, so nothing was changed; try again later")
+
+
 class SqliteEngine:
     """The embedded database: one SQLite file in state_dir."""
 
@@ -127,10 +136,30 @@ class SqliteEngine:
             await self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield _SqliteTransaction(self._db)
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
-            await self._db.execute("COMMIT")
+                await self._db.execute("COMMIT")
+            except BaseException as err:
+                cause = await self._failed_write(err)
+                if cause is err:
+                    raise
+                raise cause from err
+
+    async def _failed_write(self, err: BaseException) -> BaseException:
+        """Roll back after `err` and return what to raise: DiskFull for a full disk, else `err`.
+
+        SQLite may already have rolled back (it does on SQLITE_FULL), so a failing ROLLBACK is
+        logged at debug level and never hides the cause, which is what the log names.
+        """
+        try:
+            await self._db.execute("ROLLBACK")
+        except sqlite3.Error as rollback:
+            _LOGGER.debug("rollback after a failed write: %s", rollback)
+        if isinstance(err, sqlite3.Error) and getattr(err, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL:
+            _LOGGER.error(
+                "disk full: could not write to %s, so the change was not made; free space on its filesystem",
+                self.path,
+            )
+            return DiskFull()
+        return err
 
     async def schema_version(self) -> int:
         row = await self.fetch_one("PRAGMA user_version")

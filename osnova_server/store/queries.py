@@ -15,7 +15,7 @@ import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from osnova_server.config import redacted_url
 from osnova_server.security.roles import Role
@@ -25,6 +25,7 @@ from osnova_server.store.records import AppRecord, BanRecord, DeviceRecord, Refr
 from osnova_server.store.schema import MIGRATIONS, SCHEMA_VERSION, statements
 
 _LOGGER = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DATABASE_NAME: Final = "osnova.db"
 APPS: Final = "apps"
@@ -64,13 +65,16 @@ class Store:
             if migrate:
                 await store.migrate()
                 await store._load_cache()
-        except Exception as err:
-            if not isinstance(err, (StoreError, *engine.errors)):
-                raise
+        except BaseException as err:
+            # Closed whatever went wrong: aiosqlite's thread would otherwise keep the process alive.
             await engine.close()
             if isinstance(err, StoreError):
                 raise
-            raise StoreError(f"cannot use database {store.where}: {err}") from None
+            if isinstance(err, engine.errors):
+                raise StoreError(
+                    f"cannot use database {store.where}: {err}; restore a backup with `osnova-server restore FILE`"
+                ) from None
+            raise
         return store
 
     @property
@@ -132,12 +136,27 @@ class Store:
             _LOGGER.info("database migrated to schema version %d", target)
 
     async def _load_cache(self) -> None:
-        """Read the hot tables into memory."""
-        self._apps = {row[0]: _app(row) for row in await self.engine.fetch_all(f"SELECT {_APP_COLUMNS} FROM apps")}
+        """Read the hot tables into memory; a row that cannot be read is a StoreError naming it."""
+        self._apps = {
+            row[0]: self._read_row(APPS, "id", row, _app)
+            for row in await self.engine.fetch_all(f"SELECT {_APP_COLUMNS} FROM apps")
+        }
         self._devices = {
-            row[0]: _device(row) for row in await self.engine.fetch_all(f"SELECT {_DEVICE_COLUMNS} FROM devices")
+            row[0]: self._read_row(DEVICES, "device_id", row, _device)
+            for row in await self.engine.fetch_all(f"SELECT {_DEVICE_COLUMNS} FROM devices")
         }
         self._app_listing = None
+
+    def _read_row(self, table: str, key: str, row: Row, read: Callable[[Row], T]) -> T:
+        """`read(row)`, or a StoreError saying which row of which table cannot be read, and why."""
+        try:
+            return read(row)
+        except (ValueError, TypeError, KeyError, IndexError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise StoreError(
+                f"database {self.where}: the row of table {table} with {key} {row[0]!r} cannot be read "
+                f"({reason[:200]}); restore a backup with `osnova-server restore FILE`, or delete that row"
+            ) from None
 
     async def reload(self, table: str, keys: Sequence[str]) -> None:
         """Read rows another process changed into memory again (cluster mode).
@@ -405,7 +424,9 @@ async def _open_engine(state_dir: Path, url: str) -> Engine:
         try:
             return await SqliteEngine.open(path)
         except sqlite3.Error as err:
-            raise StoreError(f"cannot open database {path}: {err}") from None
+            raise StoreError(
+                f"cannot open database {path}: {err}; restore a backup with `osnova-server restore FILE`"
+            ) from None
     from osnova_server.store.postgres import DatabaseUnavailable, PostgresEngine
 
     try:
@@ -418,7 +439,10 @@ async def _open_engine(state_dir: Path, url: str) -> Engine:
 
 def _app(row: Row) -> AppRecord:
     """An AppRecord from a row of the apps table."""
-    return AppRecord(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), row[7])
+    manifest = json.loads(row[6])
+    if not isinstance(manifest, dict):
+        raise TypeError("the stored manifest is not a JSON object")
+    return AppRecord(row[0], row[1], row[2], row[3], row[4], row[5], manifest, row[7])
 
 
 def _device(row: Row) -> DeviceRecord:

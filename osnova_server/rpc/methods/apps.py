@@ -31,7 +31,10 @@ async def apps_install(ctx: Context, manifest_uri: str) -> str:
     At most `[limits] max_concurrent_fetches` fetches run at once, 2 per caller; past that the
     call is -32029 with `data.retry_after`.
     """
-    return await ctx.runtime.apps.install(manifest_uri, allow_file=ctx.role is Role.ADMIN, principal=ctx.principal)
+    # Fetch slots are counted as the rate limiter counts: per device, and per admin token.
+    claims = ctx.claims
+    principal = ctx.device_id or (f"admin token {claims.jti}" if claims is not None else ctx.principal)
+    return await ctx.runtime.apps.install(manifest_uri, allow_file=ctx.role is Role.ADMIN, principal=principal)
 
 
 @rpc.method("apps.uninstall", role=Role.OWNER)
