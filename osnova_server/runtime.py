@@ -151,10 +151,6 @@ class Runtime:
         if claims.device_id is not None:
             self.last_seen[claims.device_id] = time.time()
 
-    def device_role(self, device_id: str) -> Role:
-        """A device's role at this moment; Unauthorized (-32002) once it is revoked or removed."""
-        return self.devices.role_of(device_id)
-
     def receives(self, claims: Claims | None, event: Event) -> bool:
         """Whether the holder of `claims` may be pushed `event` (CONTRACT 4's event rules)."""
         if claims is None:

@@ -42,7 +42,7 @@ class Context:
         self.transport = transport
         self.connection = connection
         # How a device id becomes its current role: the runtime's devices, unless given.
-        self._role_of = role_of if role_of is not None else runtime.device_role
+        self._role_of = role_of if role_of is not None else runtime.devices.role_of
 
     @property
     def is_admin(self) -> bool:

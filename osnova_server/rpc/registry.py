@@ -56,6 +56,8 @@ class Method:
     errors: tuple[type[Exception], ...] = ()
     websocket_only: bool = False
     by_name: Mapping[str, Param] = field(default_factory=dict)
+    # The caller roles `role` admits, as a set: the per-call check is one lookup.
+    admitted: frozenset[Role] = frozenset()
 
     def bind(self, params: Any) -> dict[str, Any]:
         """Turn JSON-RPC `params` (array, object or absent) into checked keyword arguments."""
@@ -88,7 +90,7 @@ class Method:
 
     def authorize(self, caller: Role) -> None:
         """Refuse (-32003) a caller whose role is below the method's; public methods admit anyone."""
-        if self.role.admits(caller):
+        if caller in self.admitted:
             return
         if caller is Role.PUBLIC:
             raise Forbidden(f"{self.name} needs an access token; pair a device or use `osnova-server token`")
@@ -289,6 +291,7 @@ def _describe(
         errors=errors,
         websocket_only=websocket_only,
         by_name={param.name: param for param in params},
+        admitted=frozenset(caller for caller in Role if role.admits(caller)),
     )
 
 
