@@ -147,8 +147,9 @@ class DeviceRegistry:
             role=record.role, paired_by=record.issued_by,
         )
         stored = RefreshRecord(hash_lookup_key(refresh), device_id, await hash_secret(refresh), False)
-        await self._store.add_device(device, stored, now)
         access, lifetime = self._tokens.issue(Scope.DEVICE, device_id)
+        # The last step, one transaction: once it commits the pairing has succeeded.
+        await self._store.add_device(device, stored, now)
         return device, Grant(device_id, access, refresh, lifetime)
 
     async def refresh(self, refresh_token: str, remote: str) -> Grant:
