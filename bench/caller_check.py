@@ -79,13 +79,21 @@ def main() -> int:
     parser.add_argument("--before", type=Path, help="another checkout to compare with")
     parser.add_argument("--after", type=Path, default=ROOT, help="the checkout to measure (default: this one)")
     parser.add_argument("--calls", type=int, default=200_000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="turns per checkout")
     args = parser.parse_args()
     checkouts = {**({"before": args.before.resolve()} if args.before else {}), "after": args.after.resolve()}
-    results = {name: measure(path, args.calls, args.rounds) for name, path in checkouts.items()}
+    # Checkouts take turns, one child per round each, so a burst of load elsewhere on the
+    # machine lands on both rather than on one.
+    results: dict[str, list[float]] = {name: [] for name in checkouts}
+    for _ in range(args.rounds):
+        for name, path in checkouts.items():
+            results[name].append(min(measure(path, args.calls, 3)))
     for name, values in results.items():
         print(f"{name:<7} {statistics.median(values):6.2f} CPU µs per call (rounds: "
               f"{', '.join(f'{value:.2f}' for value in values)})")
+    if len(results) == 2:
+        differences = [after - before for before, after in zip(results["before"], results["after"])]
+        print(f"after - before, median of the paired rounds: {statistics.median(differences):+.2f} CPU µs per call")
     return 0
 
 
