@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from osnova_server.web.host import host_name, machine_names
+from osnova_server.web.host import host_name, is_ip_literal, machine_names
 from tests.conftest import RunningServer, make_config, running_server
 
 
@@ -102,3 +102,11 @@ def test_host_name(header: str, name: str) -> None:
 
 def test_machine_names() -> None:
     assert machine_names("Box.lan") == {"box.lan", "box", "box.local", "localhost"}
+
+
+@pytest.mark.parametrize(("host", "is_ip"), [
+    ("127.0.0.1", True), ("192.168.1.20", True), ("::1", True), ("fe80::1%eth0", True), ("::ffff:1.2.3.4", True),
+    ("1.2.3", False), ("999.1.1.1", False), ("evil.example", False), ("", False),
+])
+def test_ip_literals(host: str, is_ip: bool) -> None:
+    assert is_ip_literal(host) is is_ip
