@@ -38,17 +38,25 @@ def cmd_pair(args: argparse.Namespace) -> int:
     if args.json:
         print_json(payload)
         return EXIT_OK
-    import qrcode  # type: ignore[import-untyped]  # no stubs published
+    import os
+    import shutil
 
-    qr = qrcode.QRCode(border=2)
-    qr.add_data(json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
-    qr.print_ascii(out=sys.stdout, tty=False)
-    print(f"pairing code  {payload['pairing']['code']}")
-    print(f"expires at    {payload['pairing']['expiresAt']} (in {args.ttl} s)")
-    print(f"role          {args.role}")
-    print(f"server        {payload['server']['address']}")
-    print(f"fingerprint   {payload['server']['fingerprint']}")
-    print("Scan the QR code with the Osnova app on the new device, or type the code there; it works once.")
+    from osnova_server.cli.terminal_qr import draw
+
+    text = [
+        "Scan the QR code below with the Osnova app on the new device, or type the code there; it works once.",
+        f"server        {payload['server']['address']}",
+        f"fingerprint   {payload['server']['fingerprint']}",
+        f"role          {args.role}",
+        f"expires at    {payload['pairing']['expiresAt']} (in {args.ttl} s)",
+        f"pairing code  {payload['pairing']['code']}",
+    ]
+    # The QR comes last, so that on a short terminal the text scrolls away rather than the code.
+    size = shutil.get_terminal_size()
+    room = size.lines - len(text) - 1
+    color = sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
+    data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    print("\n".join([*text, *draw(data, room, color, size.columns)]))
     return EXIT_OK
 
 
