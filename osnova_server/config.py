@@ -33,10 +33,15 @@ _HOST_LABEL: Final = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)", re.IGNORECASE)
 
 
 class ConfigError(Exception):
-    """The configuration cannot be used; `problems` holds one clear line per problem."""
+    """The configuration cannot be used; `problems` holds one clear line per problem.
 
-    def __init__(self, problems: list[str]) -> None:
+    `partial` is the config as far as it could be built (defaults in place of the bad values),
+    so that `check-config` can go on to look at the certificate, the secret and the port.
+    """
+
+    def __init__(self, problems: list[str], partial: Config | None = None) -> None:
         self.problems = problems
+        self.partial = partial
         super().__init__("; ".join(problems))
 
 
@@ -364,19 +369,17 @@ def from_mapping(raw: Mapping[str, Any], source: Path | None = None) -> Config:
             )
             continue
         sections[name] = _build_section(name, hints[name], table, problems)
-    if problems:
-        raise ConfigError(problems)
+    # Unknown keys and bad types are left out, so what remains is still checked: every problem at once.
     config = Config(**sections, source=source)
     problems.extend(validate(config))
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, config)
     return config
 
 
 def validate(config: Config) -> list[str]:
     """Return a line per value that is well-typed but unusable."""
     problems: list[str] = []
-    where = f" in {config.source}" if config.source else ""
     try:
         parse_bind_address(config.server.bind_address)
     except ValueError as err:
@@ -431,15 +434,24 @@ def validate(config: Config) -> list[str]:
     for origin in config.cors.allowed_origins:
         if origin != "*" and not origin.startswith(("http://", "https://")):
             problems.append(f"[cors] allowed_origins entry {origin!r} must be \"*\" or start with http:// or https://")
-    if config.tls.enabled:
-        for key, what in (("cert_path", "certificate"), ("key_path", "private key")):
-            problems.extend(_tls_file_problem(key, what, getattr(config.tls, key), where))
+    problems.extend(tls_file_problems(config))
     problems.extend(_url_problem(
         "[store] url", config.store.url, ("postgresql", "postgres"), "postgresql://osnova@127.0.0.1:5432/osnova",
     ))
     problems.extend(_url_problem(
         "[cluster] redis_url", config.cluster.redis_url, ("redis", "rediss", "unix"), "redis://127.0.0.1:6379/0",
     ))
+    return problems
+
+
+def tls_file_problems(config: Config) -> list[str]:
+    """A line per [tls] file that is missing, empty, a directory or unreadable (none with TLS off)."""
+    if not config.tls.enabled:
+        return []
+    where = f" in {config.source}" if config.source else ""
+    problems: list[str] = []
+    for key, what in (("cert_path", "certificate"), ("key_path", "private key")):
+        problems.extend(_tls_file_problem(key, what, getattr(config.tls, key), where))
     return problems
 
 

@@ -25,13 +25,14 @@ from aiohttp import web
 from osnova_server import config as config_module
 from osnova_server import systemd
 from osnova_server.app import create_app
+from osnova_server.bind import bind_problem
 from osnova_server.config import Config, ConfigError
 from osnova_server.logs import LoggingHandle, setup_logging
 from osnova_server.runtime import StateDirUnusable
 from osnova_server.security.renewal import CertificateRenewal
 from osnova_server.security.secret import configured_secret
 from osnova_server.security.tls import TlsError, certificate_not_after, create_ssl_context, reload_ssl_context
-from osnova_server.statelock import StateDirBusy, StateDirLockError
+from osnova_server.statelock import StateDirBusy, StateDirLockError, holder_pid
 from osnova_server.store import StoreError
 from osnova_server.web.access_log import AccessLog
 from osnova_server.web.connections import (
@@ -122,6 +123,12 @@ class Server:
                 self.ssl_context = create_ssl_context(Path(self.config.tls.cert_path), Path(self.config.tls.key_path))
             except TlsError as err:
                 raise StartupError(str(err), EXIT_USAGE) from None
+        # Before the runtime opens (and creates the state dir): a port in use leaves nothing behind.
+        # A server already on this state dir holds the port too; the lock then names its PID.
+        held = holder_pid(self.config.state_dir) is not None
+        problem = None if held else bind_problem(self.config)
+        if problem is not None:
+            raise StartupError(problem.message, EXIT_USAGE if problem.config_fault else EXIT_FAILURE)
         try:
             await self.runner.setup()
         except ConfigError as err:

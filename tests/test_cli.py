@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+import socket
 import stat
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import jwt
 import pytest
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from osnova_server import __version__
 from osnova_server import config as config_module
 from osnova_server.client import OsnovaClient, TransportError
-from tests.conftest import cli, make_config, running_server
+from tests.conftest import cli, free_port, make_config, running_server
 
 USAGE_TAIL: Final = " (see `osnova-server --help`)"
 
@@ -273,3 +274,75 @@ def test_token_with_a_weak_secret_is_a_config_error(tmp_path: Path) -> None:
     result = cli("--config", str(path), "token", env={"OSNOVA_JWT_SECRET": ""})
     assert result.returncode == 2
     assert result.stderr.startswith("osnova-server: the JWT secret from [auth] jwt_secret is 5 bytes")
+
+
+# -- check-config reports every kind of problem; the port is checked before any state ------------
+
+
+def test_check_config_lists_problems_of_every_kind_at_once(tmp_path: Path) -> None:
+    """A bad key, a bad value, a garbled certificate, a weak secret and a port in use: five lines, exit 2."""
+    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
+    cert.write_text("not a certificate\n")
+    key.write_text("not a key\n")
+    state = tmp_path / "state"
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        path = tmp_path / "server.toml"
+        path.write_text(
+            f'[server]\ncolour = "blue"\nmax_clients = 0\nbind_address = "127.0.0.1:{port}"\nstate_dir = "{state}"\n'
+            f'[tls]\nenabled = true\ncert_path = "{cert}"\nkey_path = "{key}"\n[auth]\njwt_secret = "short"\n'
+        )
+        result = cli("--config", str(path), "check-config", env={"OSNOVA_JWT_SECRET": ""})
+    assert (result.returncode, result.stdout) == (2, "")
+    lines = result.stderr.splitlines()
+    assert len(lines) == 5, lines
+    assert lines[0].startswith("osnova-server: unknown key [server] colour; remove it or fix its spelling")
+    assert lines[1] == "osnova-server: [server] max_clients must be at least 1, not 0; set it to 1 or more"
+    assert lines[2].startswith(f"osnova-server: certificate {cert} is not a PEM certificate")
+    assert lines[3].startswith("osnova-server: the JWT secret from [auth] jwt_secret is 5 bytes")
+    assert lines[4] == f"osnova-server: address 127.0.0.1:{port} is already in use"
+    assert not state.exists()
+
+
+def test_serve_with_the_port_in_use_creates_no_state(tmp_path: Path) -> None:
+    """`serve` finds the port taken before the state dir, secret or database exist: exit 1, nothing left."""
+    state = tmp_path / "state"
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        path = tmp_path / "server.toml"
+        path.write_text(f'[server]\nbind_address = "127.0.0.1:{port}"\nstate_dir = "{state}"\n')
+        result = cli("--config", str(path), "serve", env={"OSNOVA_JWT_SECRET": ""})
+        check = cli("--config", str(path), "check-config", env={"OSNOVA_JWT_SECRET": ""})
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == f"osnova-server: address 127.0.0.1:{port} is already in use\n"
+    assert (check.returncode, check.stderr) == (2, f"osnova-server: address 127.0.0.1:{port} is already in use\n")
+    assert not state.exists()
+
+
+async def test_check_config_passes_while_its_own_server_holds_the_port(tmp_path: Path) -> None:
+    """`check-config && systemctl reload` works: the running server's port is not a problem."""
+    state = tmp_path / "state"
+    config = make_config(state, server={"bind_address": f"127.0.0.1:{free_port()}", "state_dir": str(state)})
+    path = tmp_path / "server.toml"
+    config_module.write(config, path)
+    async with running_server(config):
+        result = await asyncio.to_thread(cli, "--config", str(path), "check-config", env={"OSNOVA_JWT_SECRET": ""})
+    assert (result.returncode, result.stdout, result.stderr) == (0, "config OK\n", "")
+
+
+
+def test_a_second_serve_on_the_same_config_names_the_first_pid(tmp_path: Path, server_process: Any) -> None:
+    """Same state dir and port: the state-dir lock speaks (naming the PID), not the port check."""
+    state = tmp_path / "state"
+    port = free_port()
+    path = tmp_path / "server.toml"
+    config_module.write(make_config(state, server={"bind_address": f"127.0.0.1:{port}", "state_dir": str(state)}), path)
+    first = server_process(path)
+    first.wait_ready(f"http://127.0.0.1:{port}")
+    second = cli("--config", str(path), "serve", env={"OSNOVA_JWT_SECRET": ""})
+    assert second.returncode == 1
+    assert f"(PID {first.process.pid})" in second.stderr and second.stderr.count("\n") == 1

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from osnova_server.cli.common import EXIT_OK, EXIT_USAGE, CommandError, load_config
+from osnova_server.cli.common import EXIT_OK, EXIT_USAGE, CommandError
+
+if TYPE_CHECKING:
+    from osnova_server.config import Config
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -56,13 +59,21 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate the config, its certificate and its secret; print every problem found."""
+    """Validate the config, its certificate, its secret and its port; print every problem found."""
+    from osnova_server import config as config_module
     from osnova_server.config import ConfigError
     from osnova_server.security.secret import configured_secret
 
-    config = load_config(args)
     problems: list[str] = []
-    if config.tls.enabled:
+    try:
+        config = config_module.load(config_module.resolve_path(args.config))
+    except ConfigError as err:
+        if err.partial is None:  # no file to read, or not TOML: nothing more to look at
+            raise CommandError("\n".join(err.problems), EXIT_USAGE) from None
+        problems.extend(err.problems)
+        config = err.partial
+    # Loading files that validate() found missing or unreadable would only say so again.
+    if config.tls.enabled and not config_module.tls_file_problems(config):
         from osnova_server.security.tls import TlsError, create_ssl_context
 
         try:
@@ -73,10 +84,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         configured_secret(config)
     except ConfigError as err:
         problems.extend(err.problems)
+    problems.extend(_port_problems(config))
     if problems:
         raise CommandError("\n".join(problems), EXIT_USAGE)
     print("config OK")
     return EXIT_OK
+
+
+def _port_problems(config: Config) -> list[str]:
+    """Whether `serve` could listen on the bind address now; the running server's own port is no problem."""
+    from osnova_server.bind import bind_problem
+    from osnova_server.statelock import holder_pid
+
+    if holder_pid(config.state_dir) is not None:
+        return []  # a server runs on this state dir and holds the port: `check-config && reload` must pass
+    problem = bind_problem(config)
+    return [problem.message] if problem else []
 
 
 def register(commands: Any) -> None:
