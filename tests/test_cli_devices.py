@@ -14,7 +14,7 @@ import pytest
 from osnova_server.client import OsnovaClient, RpcCallError, TransportError
 from osnova_server.config import Config
 from osnova_server.errors import UNAUTHORIZED
-from tests.conftest import ServerProcess, cli, free_port, make_config, write_config
+from tests.conftest import ServerProcess, cli, free_port, make_config, running_server, write_config
 
 CODE = re.compile(r"\b[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}\b")
 
@@ -113,7 +113,7 @@ def test_pair_prints_code_expiry_and_qr(tmp_path: Path, server_process: Any) -> 
     code, out, err = run_cli(path, "devices", "revoke", "no-such-device")
     assert code == 1 and out == ""
     assert err.strip().splitlines() == [
-        "osnova-server: no paired device has the id 'no-such-device'; see `osnova-server devices list`"
+        "osnova-server: no paired device has the id, id prefix or name 'no-such-device'; see `osnova-server devices list`"
     ]
     code, _, err = run_cli(path, "pair", "--ttl", "10")
     assert code == 2 and "30 to 3600" in err
@@ -176,3 +176,73 @@ def test_pair_role_owner_gives_an_owner_and_devices_list_shows_roles(tmp_path: P
     }
     code, out, _ = run_cli(path, "devices", "list")
     assert code == 0 and "ROLE" in out.splitlines()[0] and " owner " in out and " member " in out
+
+
+def _unique_prefix(device_id: str, others: list[str]) -> str:
+    """The shortest prefix of `device_id`, at least 4 characters, that no other id starts with."""
+    length = 4
+    while any(other.startswith(device_id[:length]) for other in others):
+        length += 1
+    return device_id[:length]
+
+
+async def test_devices_by_id_prefix_or_name_revoke_remove_role(tmp_path: Path) -> None:
+    """DEVICE as id, prefix or name; ambiguous and too-short refused listing the matches; remove needs revoke."""
+    config = process_config(tmp_path, free_port())
+    path = write_config(tmp_path / "server.toml", config)
+
+    async def run(*args: str) -> tuple[int, str, str]:
+        return await asyncio.to_thread(run_cli, path, *args)
+
+    async with running_server(config) as running:
+        ids = {}
+        async with running.client(admin=True) as admin:
+            for label, name in (("phone-1", "phone"), ("phone-2", "phone"), ("tablet", "tablet")):
+                code = (await admin.call("pairing.start", {"name": name}))["pairing"]["code"]
+                ids[label] = (await admin.call("pairing.complete", {"token": code}))["device_id"]
+        listing = running.runtime.store.devices
+
+        code, out, err = await run("devices", "revoke", "phone")
+        assert (code, out) == (2, "")
+        phones = sorted((ids["phone-1"], ids["phone-2"]), key=lambda i: [d.device_id for d in listing()].index(i))
+        assert err.splitlines() == [
+            "osnova-server: 'phone' matches 2 devices; name one by its id:",
+            f"osnova-server:   {phones[0]}  phone  (member, active)",
+            f"osnova-server:   {phones[1]}  phone  (member, active)",
+        ]
+        code, out, err = await run("devices", "revoke", ids["tablet"][:3])
+        assert (code, out) == (2, "")
+        assert err == (
+            f"osnova-server: {ids['tablet'][:3]!r} is no device's name, and an id prefix needs at least 4 characters;"
+            " see `osnova-server devices list`\n"
+        )
+        assert not any(device.revoked for device in listing())
+
+        prefix = _unique_prefix(ids["tablet"], [ids["phone-1"], ids["phone-2"]])
+        assert await run("devices", "revoke", prefix) == (0, f"revoked device {ids['tablet']} (tablet)\n", "")
+        assert [d.device_id for d in listing() if d.revoked] == [ids["tablet"]]
+
+        code, out, err = await run("devices", "remove", ids["phone-1"])
+        assert (code, out) == (1, "")
+        assert err == (
+            f"osnova-server: device {ids['phone-1']} (phone) is not revoked; revoke it first with "
+            f"`osnova-server devices revoke {ids['phone-1']}`\n"
+        )
+        assert len(listing()) == 3
+
+        code, out, err = await run("devices", "list")
+        assert code == 0
+        header, *rows = out.splitlines()
+        assert header.split() == ["DEVICE", "ID", "NAME", "ROLE", "PAIRED", "PAIRED", "BY", "LAST", "SEEN", "STATUS"]
+        assert all(row.split()[2:3] == ["member"] and row.split()[4] == "admin" for row in rows)
+
+        assert await run("devices", "remove", "tablet") == (0, f"removed device {ids['tablet']} (tablet)\n", "")
+        assert sorted(d.device_id for d in listing()) == sorted(phones)
+
+        assert await run("devices", "role", ids["phone-2"], "owner") == (
+            0, f"device {ids['phone-2']} (phone) is now an owner\n", "",
+        )
+        code, out, _ = await run("devices", "list", "--json")
+        assert {d["device_id"]: d["role"] for d in json.loads(out)} == {ids["phone-1"]: "member", ids["phone-2"]: "owner"}
+        code, _, err = await run("devices", "role", ids["phone-2"], "king")
+        assert code == 2 and "argument ROLE: invalid choice: 'king'" in err

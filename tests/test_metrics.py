@@ -230,8 +230,10 @@ async def test_devices_apps_auth_failures_and_bans(state_dir: Path, tmp_path: Pa
     (tmp_path / "notes.json").write_text(json.dumps(manifest()))
     async with running_server(config) as server:
         samples = parse((await scrape(server, "127.0.0.2"))[1])
-        for revoked in ("true", "false"):
-            assert ("osnova_devices", frozenset({("role", "member"), ("revoked", revoked)})) in samples
+        for role in ("member", "owner"):
+            for revoked in ("true", "false"):
+                assert value(samples, "osnova_devices", role=role, revoked=revoked) == 0
+                assert ("osnova_devices", frozenset({("role", role), ("revoked", revoked)})) in samples
         assert value(samples, "osnova_apps") == 0
         assert value(samples, "osnova_bans_total") == 0 and value(samples, "osnova_banned_addresses") == 0
         async with server.client(admin=True) as admin:
@@ -247,6 +249,7 @@ async def test_devices_apps_auth_failures_and_bans(state_dir: Path, tmp_path: Pa
         samples = parse((await scrape(server, "127.0.0.2"))[1])
         assert value(samples, "osnova_devices", role="member", revoked="false") == 2
         assert value(samples, "osnova_devices", role="member", revoked="true") == 1
+        assert value(samples, "osnova_devices", role="owner", revoked="false") == 0
         assert value(samples, "osnova_apps") == 1
         assert value(samples, "osnova_auth_failures_total", reason="refresh_token") == 1
         assert value(samples, "osnova_auth_failures_total", reason="access_token") == 2

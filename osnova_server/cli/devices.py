@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
 from osnova_server.cli.common import (
     EXIT_OK,
+    EXIT_USAGE,
     PROG,
+    CommandError,
     Parser,
     call_server,
     load_config,
@@ -17,6 +19,11 @@ from osnova_server.cli.common import (
     print_json,
     table,
 )
+
+if TYPE_CHECKING:
+    from osnova_server.config import Config
+
+MIN_PREFIX: Final = 4
 
 
 def pairing_ttl(text: str) -> int:
@@ -69,20 +76,93 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
     if not devices:
         print(f"no paired devices; pair one with `{PROG} pair`")
         return EXIT_OK
-    rows = [["DEVICE ID", "NAME", "ROLE", "PAIRED", "LAST SEEN", "STATUS"]]
+    names = {device["device_id"]: device["name"] for device in devices}
+    rows = [["DEVICE ID", "NAME", "ROLE", "PAIRED", "PAIRED BY", "LAST SEEN", "STATUS"]]
     for device in devices:
         rows.append([
-            device["device_id"], device["name"], device["role"], device["paired_at"], device["last_seen"] or "-",
+            device["device_id"], device["name"], device["role"], device["paired_at"],
+            _paired_by(device["paired_by"], names), device["last_seen"] or "-",
             "revoked" if device["revoked"] else "active",
         ])
     table(rows)
     return EXIT_OK
 
 
+def _paired_by(paired_by: str | None, names: dict[str, str]) -> str:
+    """`admin`, the name of the device that issued the code (its id once removed), or `-` if not recorded."""
+    if paired_by is None:
+        return "-"
+    return names.get(paired_by, paired_by)
+
+
+def resolve_device(devices: list[dict[str, Any]], text: str) -> dict[str, Any]:
+    """The one device `text` names: its id, a unique id prefix of at least 4 characters, or a unique name.
+
+    An exact id wins; otherwise every device whose name is `text`, or (for 4 characters or more)
+    whose id starts with it, is a candidate, and there must be exactly one.
+    """
+    for device in devices:
+        if device["device_id"] == text:
+            return device
+    matches = [device for device in devices if device["name"] == text]
+    if len(text) >= MIN_PREFIX:
+        matches += [device for device in devices if device["device_id"].startswith(text) and device not in matches]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        lines = [f"{text!r} matches {len(matches)} devices; name one by its id:"]
+        lines += [f"  {d['device_id']}  {d['name']}  ({_state(d)})" for d in matches]
+        raise CommandError("\n".join(lines), EXIT_USAGE)
+    if len(text) < MIN_PREFIX:
+        raise CommandError(
+            f"{text!r} is no device's name, and an id prefix needs at least {MIN_PREFIX} characters; "
+            f"see `{PROG} devices list`", EXIT_USAGE,
+        )
+    raise CommandError(f"no paired device has the id, id prefix or name {text!r}; see `{PROG} devices list`")
+
+
+def _state(device: dict[str, Any]) -> str:
+    """`member, active` or `owner, revoked`."""
+    return f"{device['role']}, {'revoked' if device['revoked'] else 'active'}"
+
+
+def _label(device: dict[str, Any]) -> str:
+    """How a command names a device it acted on: id and name."""
+    return f"{device['device_id']} ({device['name']})"
+
+
+def _find(args: argparse.Namespace) -> tuple[Config, dict[str, Any]]:
+    """The config and the device `args.device` names, looked up in the running server's list."""
+    config = load_config(args)
+    return config, resolve_device(call_server(config, "devices.list"), args.device)
+
+
 def cmd_devices_revoke(args: argparse.Namespace) -> int:
     """Revoke one paired device: its tokens stop working and its sockets close."""
-    call_server(load_config(args), "devices.revoke", {"device_id": args.device_id})
-    print(f"revoked device {args.device_id}")
+    config, device = _find(args)
+    call_server(config, "devices.revoke", {"device_id": device["device_id"]})
+    print(f"revoked device {_label(device)}")
+    return EXIT_OK
+
+
+def cmd_devices_remove(args: argparse.Namespace) -> int:
+    """Forget a revoked device; a live one must be revoked first."""
+    config, device = _find(args)
+    if not device["revoked"]:
+        raise CommandError(
+            f"device {_label(device)} is not revoked; revoke it first with "
+            f"`{PROG} devices revoke {device['device_id']}`"
+        )
+    call_server(config, "devices.remove", {"device_id": device["device_id"]})
+    print(f"removed device {_label(device)}")
+    return EXIT_OK
+
+
+def cmd_devices_role(args: argparse.Namespace) -> int:
+    """Make a device an owner or a member."""
+    config, device = _find(args)
+    call_server(config, "devices.setRole", {"device_id": device["device_id"], "role": args.role})
+    print(f"device {_label(device)} is now {'an owner' if args.role == 'owner' else 'a member'}")
     return EXIT_OK
 
 
@@ -107,7 +187,7 @@ def cmd_bans_lift(args: argparse.Namespace) -> int:
 
 
 def register(commands: Any) -> None:
-    """Add `pair`, `devices list|revoke` and `bans list|lift` to the subcommands."""
+    """Add `pair`, `devices list|revoke|remove|role` and `bans list|lift` to the subcommands."""
     pair = commands.add_parser("pair", help="print a pairing code and its QR code for a new device",
                                description="Ask the running server for a pairing code for a new device.")
     pair.set_defaults(func=cmd_pair)
@@ -118,15 +198,28 @@ def register(commands: Any) -> None:
                       help="the role of the device that redeems the code (default member)")
     pair.add_argument("--json", action="store_true", help="print only the pairing payload as JSON")
 
-    devices = commands.add_parser("devices", help="list or revoke paired devices", description="Paired devices.")
+    devices = commands.add_parser("devices", help="list, revoke, remove paired devices or change their role",
+                                  description="Paired devices. DEVICE is an id, a unique id prefix of at least "
+                                              f"{MIN_PREFIX} characters, or a unique name.")
     actions = devices.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser)
     actions.required = True
     listing = actions.add_parser("list", help="list paired devices", description="List paired devices.")
     listing.set_defaults(func=cmd_devices_list)
     listing.add_argument("--json", action="store_true", help="print JSON")
-    revoke = actions.add_parser("revoke", help="revoke a device", description="Revoke a paired device.")
+    device_help = f"id, id prefix (at least {MIN_PREFIX} characters) or name, as `devices list` shows"
+    revoke = actions.add_parser("revoke", help="revoke a device",
+                                description="Revoke a paired device: its tokens stop working and its sockets close.")
     revoke.set_defaults(func=cmd_devices_revoke)
-    revoke.add_argument("device_id", metavar="DEVICE_ID", help="as shown by `devices list`")
+    revoke.add_argument("device", metavar="DEVICE", help=device_help)
+    remove = actions.add_parser("remove", help="forget a revoked device",
+                                description="Forget a revoked device (revoke a live one first).")
+    remove.set_defaults(func=cmd_devices_remove)
+    remove.add_argument("device", metavar="DEVICE", help=device_help)
+    role = actions.add_parser("role", help="make a device an owner or a member",
+                              description="Make a device an owner or a member; it applies from its next call.")
+    role.set_defaults(func=cmd_devices_role)
+    role.add_argument("device", metavar="DEVICE", help=device_help)
+    role.add_argument("role", choices=("owner", "member"), metavar="ROLE", help="owner or member")
 
     bans = commands.add_parser("bans", help="list or lift IP bans", description="Addresses banned after failed logins.")
     actions = bans.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser)

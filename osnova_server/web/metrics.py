@@ -31,7 +31,7 @@ def route_label(request: web.BaseRequest) -> str:
 
 def household(runtime: Runtime) -> Household:
     """Count what the runtime keeps in memory now (no database query)."""
-    devices = Counter((getattr(device, "role", "member"), device.revoked) for device in runtime.store.devices())
+    devices = Counter((str(device.role), device.revoked) for device in runtime.store.devices())
     return Household(
         devices=devices,
         apps=len(runtime.apps.installed()),
