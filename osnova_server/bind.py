@@ -21,8 +21,8 @@ class BindProblem(NamedTuple):
 def bind_problem(config: Config) -> BindProblem | None:
     """Why `[server] bind_address` cannot be listened on now (one line), or None if it can.
 
-    A trial bind, with the options the server's own listening socket uses (SO_REUSEADDR, and
-    IPv6 sockets IPv6-only as asyncio makes them), closed at once. Port 0 always binds.
+    A trial bind, with the options the server's own listening socket uses (SO_REUSEADDR; `[::]`
+    dual stack, other IPv6 addresses IPv6-only as asyncio makes them), closed at once. Port 0 always binds.
     """
     address = config.server.bind_address
     try:
@@ -41,7 +41,8 @@ def bind_problem(config: Config) -> BindProblem | None:
             with socket.socket(family, kind, proto) as sock:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    # `[::]` is served dual stack (web/connections.py), so IPv4 on the port counts too.
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
                 sock.bind(sockaddr)
                 sock.listen(1)
         except OSError as err:

@@ -126,9 +126,9 @@ class Server:
         # Before the runtime opens (and creates the state dir): a port in use leaves nothing behind.
         # A server already on this state dir holds the port too; the lock then names its PID.
         held = holder_pid(self.config.state_dir) is not None
-        problem = None if held else bind_problem(self.config)
-        if problem is not None:
-            raise StartupError(problem.message, EXIT_USAGE if problem.config_fault else EXIT_FAILURE)
+        refusal = None if held else bind_problem(self.config)
+        if refusal is not None:
+            raise StartupError(refusal.message, EXIT_USAGE if refusal.config_fault else EXIT_FAILURE)
         try:
             await self.runner.setup()
         except ConfigError as err:

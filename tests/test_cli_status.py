@@ -111,3 +111,16 @@ def test_status_when_no_server_answers_exits_1(tmp_path: Path) -> None:
         f"osnova-server: cannot reach http://127.0.0.1:{config.port}; is `osnova-server serve` running?\n"
     )
     assert cli("--config", str(path), "status", "--json", env=NO_ENV_SECRET).returncode == 1
+
+
+async def test_status_works_from_a_banned_loopback(tmp_path: Path) -> None:
+    """The admin's own tools are never locked out: with loopback banned, `status` still answers."""
+    state = tmp_path / "state"
+    config = make_config(state, server={"bind_address": f"127.0.0.1:{free_port()}", "state_dir": str(state)},
+                         ban={"ignore": []})
+    path = write_config(tmp_path / "server.toml", config)
+    async with running_server(config) as running:
+        running.runtime.bans.ban("127.0.0.1", "test")
+        code, out, err = await _status(path)
+        assert (code, err) == (0, "")
+        assert out.startswith("osnova-server ")
