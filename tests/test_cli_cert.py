@@ -112,7 +112,7 @@ async def _answer(ws: aiohttp.ClientWebSocketResponse, method: str, call_id: int
     """Call `method` over the socket and return its answer, skipping notifications."""
     await ws.send_json({"jsonrpc": "2.0", "method": method, "id": call_id})
     while True:
-        message = await ws.receive_json(timeout=5)
+        message = await ws.receive_json(timeout=30)
         if message.get("id") == call_id:
             return dict(message)
 
@@ -121,7 +121,7 @@ async def _run_cli(*args: str) -> Any:
     """The CLI in a thread, so the test's own WebSocket keeps being served meanwhile."""
     import asyncio
 
-    return await asyncio.to_thread(cli, *args)
+    return await asyncio.to_thread(cli, *args, timeout=90)  # the command itself waits up to 30 s
 
 
 def test_cert_renew_without_a_server_says_the_next_start_serves_it(tmp_path: Path) -> None:
@@ -250,7 +250,7 @@ async def test_rotate_secret_refuses_old_tokens_keeps_refresh_and_voids_codes(
             assert "every access token issued before is refused" in rotated.stdout
 
             # The socket opened with the old token is closed: its client must reconnect.
-            closed = await ws.receive(timeout=5)
+            closed = await ws.receive(timeout=30)
             assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 4401)
             assert closed.extra == "the server's secret was replaced; reconnect with a fresh token"
 

@@ -20,7 +20,7 @@ from osnova_server.cli.common import EXIT_OK, EXIT_USAGE, PROG, CommandError, lo
 if TYPE_CHECKING:
     from osnova_server.config import Config
 
-PICK_UP_TIMEOUT: Final = 10.0
+PICK_UP_TIMEOUT: Final = 30.0
 _POLL: Final = 0.1
 
 
