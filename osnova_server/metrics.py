@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from aioprometheus import Counter, Gauge, Histogram, Registry
@@ -40,6 +40,8 @@ class Household:
     auth_failures: Mapping[str, int]  # reason -> failed authentications since start
     bans_imposed: int
     banned_addresses: int
+    # Manifest-host circuit breakers: to-state -> transitions since start.
+    breaker_transitions: Mapping[str, int] = field(default_factory=dict)
 
 
 class LabelledCounts:
@@ -69,7 +71,7 @@ class Metrics:
     __slots__ = (
         "registry", "rpc_requests", "rpc_duration", "http_requests", "active_connections",
         "ws_messages", "_calls", "_durations", "_answers", "_process",
-        "devices", "apps", "auth_failures", "bans", "banned", "certificate_expiry",
+        "devices", "apps", "auth_failures", "bans", "banned", "certificate_expiry", "breaker_transitions",
     )
 
     def __init__(self) -> None:
@@ -100,6 +102,11 @@ class Metrics:
         # Set only under TLS, at start and whenever another certificate is served (reload, renewal).
         self.certificate_expiry = Gauge(
             "tls_certificate_expiry_timestamp_seconds", "When the served TLS certificate expires (Unix time).",
+            registry=registry,
+        )
+        self.breaker_transitions = Counter(
+            "circuit_breaker_transitions_total",
+            "Manifest-host circuit breakers entering a state (open, half_open, closed).",
             registry=registry,
         )
         # (method, outcome) -> calls; method -> [count per bucket..., count above the last, sum];
@@ -162,3 +169,5 @@ class Metrics:
             self.auth_failures.set({"reason": reason}, count)
         self.bans.set({}, household.bans_imposed)
         self.banned.set({}, household.banned_addresses)
+        for state, count in household.breaker_transitions.items():
+            self.breaker_transitions.set({"to": state}, count)

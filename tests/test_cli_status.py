@@ -72,8 +72,8 @@ async def test_status_of_a_running_tls_server(tmp_path: Path) -> None:
         assert lines[6] == "devices       2 paired: 1 active, 1 revoked"
         assert lines[7] == "apps          0 installed"
         assert lines[8] == "connections   0 of 5 WebSockets, 0 devices seen in the last 5 minutes"
-        assert lines[9:11] == ["services", "  NAME       KIND         STATUS"]
-        assert [line.split()[0] for line in lines[11:]] == ["database", "scheduler", "tls", "disk"]
+        assert lines[9:11] == ["services", "  NAME            KIND             STATUS"]
+        assert [line.split()[0] for line in lines[11:]] == ["database", "scheduler", "tls", "disk", "manifest-hosts"]
 
         async with running.client(admin=True, ssl_context=False) as admin:
             await admin.call("config.setServer", {"address": "https://osnova.home.arpa:8443"})
@@ -87,7 +87,7 @@ async def test_status_of_a_running_tls_server(tmp_path: Path) -> None:
         assert status["address"] == "https://osnova.home.arpa:8443"
         assert status["tls"] == {"enabled": True, "certificate_expires_at": expires}
         assert status["devices"] == {"paired": 2, "active": 1, "revoked": 1}
-        assert [s["name"] for s in status["services"]] == ["database", "scheduler", "tls", "disk"]
+        assert [s["name"] for s in status["services"]] == ["database", "scheduler", "tls", "disk", "manifest-hosts"]
 
 
 async def test_status_without_tls_shows_the_identity_fingerprint(tmp_path: Path) -> None:

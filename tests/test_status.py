@@ -47,6 +47,7 @@ async def test_without_tls_every_check_but_tls_runs_and_is_ok(osnova: RunningSer
         "database": ("sqlite", "ok"),
         "scheduler": ("aiojobs", "ok"),
         "disk": ("filesystem", "ok"),
+        "manifest-hosts": ("circuit-breaker", "ok"),
     }
 
 

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from osnova_server.config import AppsSection
 from osnova_server.events import APPS_INSTALLED, APPS_UNINSTALLED, Bus
+from osnova_server.services.breaker import HostBreakers
 from osnova_server.services.fetch_slots import FetchSlots
 from osnova_server.services.manifest import FetchPolicy, fetch_manifest, parse_manifest
 from osnova_server.store import AppRecord, Store
@@ -38,7 +39,7 @@ def without_user_info(uri: str) -> str:
 class AppCatalog:
     """The apps this server keeps, over the store, with fetch rules from the `[apps]` section."""
 
-    __slots__ = ("_events", "_settings", "_store", "fetch_slots", "fetch_ssl_context")
+    __slots__ = ("_events", "_settings", "_store", "breakers", "fetch_slots", "fetch_ssl_context")
 
     def __init__(
         self,
@@ -55,6 +56,8 @@ class AppCatalog:
         # None verifies https:// manifests against the system's trusted CAs; tests set a
         # context trusting their own CA here rather than turning verification off.
         self.fetch_ssl_context = fetch_ssl_context
+        # Shared by every install, so a host that keeps failing is refused at once.
+        self.breakers = HostBreakers()
 
     def policy(self, allow_file: bool) -> FetchPolicy:
         """The fetch rules for one install; `file://` only when the caller is an admin."""
@@ -64,6 +67,7 @@ class AppCatalog:
             ant_gateway=self._settings.ant_gateway,
             timeout=self._settings.fetch_timeout,
             ssl_context=self.fetch_ssl_context,
+            breakers=self.breakers,
         )
 
     def installed(self) -> list[dict[str, Any]]:

@@ -39,6 +39,7 @@ from osnova_server.errors import (
     ManifestInvalid,
     UnsupportedScheme,
 )
+from osnova_server.services.breaker import HostBreakers
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -65,6 +66,12 @@ class FetchPolicy:
     max_bytes: int = 1_048_576
     max_redirects: int = 3
     ssl_context: ssl.SSLContext | None = None
+    # One circuit per host for every fetch of this server; None fetches without one.
+    breakers: HostBreakers | None = None
+
+
+class HostFailure(FetchFailed):
+    """The host did not answer properly (no connection, timeout, 5xx): counts against its circuit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,9 +226,9 @@ def _size_text(max_bytes: int) -> str:
     return f"{max_bytes} bytes"
 
 
-def _timeout_failure(shown: str, policy: FetchPolicy) -> FetchFailed:
+def _timeout_failure(shown: str, policy: FetchPolicy) -> HostFailure:
     """Build the error for a fetch that ran out of time."""
-    return FetchFailed(f"fetching {shown} timed out after {policy.timeout:g} s")
+    return HostFailure(f"fetching {shown} timed out after {policy.timeout:g} s")
 
 
 def _too_large(shown: str, policy: FetchPolicy) -> NoReturn:
@@ -302,8 +309,23 @@ def _file_error(shown: str, exc: OSError) -> str:
 
 
 async def _fetch_http(url: str, policy: FetchPolicy) -> bytes:
-    """GET `url`, following at most `policy.max_redirects` redirects, all within the timeout."""
+    """GET `url` through the circuit of its host, if the policy has breakers."""
     _check_http_scheme(url, policy)
+    if policy.breakers is None:
+        return await _fetch_bounded(url, policy)
+    host = urlsplit(url).hostname or ""
+    return await policy.breakers.call(
+        host, lambda: _fetch_bounded(url, policy), _is_host_failure
+    )
+
+
+def _is_host_failure(exc: BaseException) -> bool:
+    """Whether a failed fetch says the host is in trouble (rather than the request is wrong)."""
+    return isinstance(exc, HostFailure)
+
+
+async def _fetch_bounded(url: str, policy: FetchPolicy) -> bytes:
+    """GET `url`, following at most `policy.max_redirects` redirects, all within the timeout."""
     shown = _display(url)
     try:
         async with asyncio.timeout(policy.timeout):
@@ -312,12 +334,12 @@ async def _fetch_http(url: str, policy: FetchPolicy) -> bytes:
         # aiohttp's own timeouts subclass TimeoutError too, so this covers every hop.
         raise _timeout_failure(shown, policy) from None
     except aiohttp.ClientError as exc:
-        raise FetchFailed(
+        raise HostFailure(
             f"fetching {shown} failed: {_client_error_reason(exc)}"
         ) from None
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
-        raise FetchFailed(f"fetching {shown} failed: {reason}") from None
+        raise HostFailure(f"fetching {shown} failed: {reason}") from None
 
 
 async def _fetch_hops(url: str, policy: FetchPolicy) -> bytes:
@@ -349,7 +371,9 @@ async def _fetch_hops(url: str, policy: FetchPolicy) -> bytes:
                     url = target
                     continue
                 if not 200 <= response.status < 300:
-                    raise FetchFailed(
+                    # 5xx and 429 say the host is unwell; any other status is about this URL.
+                    unwell = response.status >= 500 or response.status == 429
+                    raise (HostFailure if unwell else FetchFailed)(
                         f"fetching {_display(url)} failed: HTTP {response.status}"
                     )
                 data = await _read_body(response, _display(url), policy)

@@ -106,6 +106,7 @@ async def check_services(runtime: Runtime) -> list[dict[str, Any]]:
             if name == "database":
                 kind = runtime.store.engine.name  # sqlite, or postgresql in cluster mode
             results.append({"name": name, "kind": kind, "status": status})
+    results.append(runtime.apps.breakers.service())
     return results
 
 

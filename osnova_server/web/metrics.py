@@ -38,6 +38,7 @@ def household(runtime: Runtime) -> Household:
         auth_failures=runtime.auth_failures,
         bans_imposed=runtime.bans.imposed,
         banned_addresses=len(runtime.bans.active()),
+        breaker_transitions=runtime.apps.breakers.transitions,
     )
 
 
