@@ -10,8 +10,8 @@ from aiohttp import web
 from osnova_server.config import Config
 from osnova_server.metrics import Metrics
 from osnova_server.rpc.methods import load_registry
-from osnova_server.rpc.protocol import Dispatcher
 from osnova_server.runtime import Runtime, open_runtime
+from osnova_server.tracing import make_dispatcher
 from osnova_server.web.auth import setup_auth
 from osnova_server.web.ban import setup_ban
 from osnova_server.web.body import setup_body
@@ -26,6 +26,7 @@ from osnova_server.web.origin import setup_origin
 from osnova_server.web.routes import setup_routes
 from osnova_server.web.rpc_view import openrpc_view, rpc_view
 from osnova_server.web.timeouts import setup_timeouts
+from osnova_server.web.tracing import setup_tracing
 from osnova_server.web.websocket import setup_websocket
 
 # Seconds the rest of a refused request's body is read (and dropped) before the connection closes.
@@ -63,6 +64,7 @@ def create_app(config: Config) -> web.Application:
     # auth      - verifies a bearer token before the body is read, so a bad token costs nothing;
     # body      - refuses encoded bodies (415) and reads the body within body_timeout (408),
     #             only once everything that can refuse without it has.
+    # With [tracing] enabled, its middleware goes outside all of these: its span covers them.
     # CORS (aiohttp-cors) is a response hook plus OPTIONS routes, not a middleware, so it is set
     # up after every route exists; rate limiting is charged in the /rpc and /ws handlers because
     # a batch costs one token per member.
@@ -75,6 +77,8 @@ def create_app(config: Config) -> web.Application:
     setup_auth(app)
     setup_body(app)
     setup_headers(app)
+    if config.tracing.enabled:
+        setup_tracing(app)
 
     setup_routes(app)
     app.router.add_post("/rpc", rpc_view)
@@ -95,4 +99,4 @@ def create_app(config: Config) -> web.Application:
 def _install(state: ServerState, runtime: Runtime) -> None:
     """Attach the runtime and a dispatcher that feeds metrics and the audit log."""
     state.runtime = runtime
-    state.dispatcher = Dispatcher(load_registry(), observe=runtime.call_observer(state.metrics))
+    state.dispatcher = make_dispatcher(load_registry(), runtime.call_observer(state.metrics), runtime.tracing)

@@ -18,10 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, get_type_hints
+from urllib.parse import urlsplit
 
 import tomli_w
 
 from osnova_server.files import replace_file
+from osnova_server.tracing import EXTRA_MISSING, extra_installed
 
 SYSTEM_CONFIG_PATH: Final = Path("/etc/osnova/server.toml")
 SAMPLE_SECRET: Final = "your-secret-key-here"
@@ -429,6 +431,7 @@ def validate(config: Config) -> list[str]:
             problems.append(f"[limits] {key} must be above 0 seconds")
     if not 0.0 <= config.tracing.sample_ratio <= 1.0:
         problems.append(f"[tracing] sample_ratio must be from 0.0 to 1.0, not {config.tracing.sample_ratio}")
+    problems.extend(_tracing_problems(config.tracing))
     if isinstance(config.discovery.mdns, str) and config.discovery.mdns != "auto":
         problems.append(f'[discovery] mdns must be true, false or "auto", not {config.discovery.mdns!r}')
     for origin in config.cors.allowed_origins:
@@ -490,6 +493,26 @@ def redacted_url(url: str) -> str:
     if not at or not colon:
         return url
     return f"{scheme}{sep}{user}:***@{host}"
+
+
+def _tracing_problems(tracing: TracingSection) -> list[str]:
+    """The extra must be installed when tracing is on; the endpoint must be an http(s) URL."""
+    problems = []
+    endpoint = tracing.otlp_endpoint
+    if endpoint:
+        try:
+            parts = urlsplit(endpoint)
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.query
+        except ValueError:
+            valid = False
+        if not valid:
+            problems.append(
+                f"[tracing] otlp_endpoint must be an http:// or https:// URL like "
+                f"http://127.0.0.1:4318, not {endpoint!r}"
+            )
+    if tracing.enabled and not extra_installed():
+        problems.append(EXTRA_MISSING)
+    return problems
 
 
 def _tls_file_problem(key: str, what: str, path: str, where: str) -> list[str]:

@@ -17,7 +17,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from queue import Empty, SimpleQueue
 from typing import Any, Final, TextIO
@@ -28,6 +28,7 @@ LOG_LEVELS: Final[frozenset[str]] = frozenset({"debug", "info", "warning", "erro
 LOG_FORMATS: Final[frozenset[str]] = frozenset({"json", "text"})
 AUDIT_LOGGER_NAME: Final = "osnova.audit"
 ACCESS_LOGGER_NAME: Final = "aiohttp.access"
+SQL_DRIVER_LOGGER_NAME: Final = "aiosqlite"
 REDACTED: Final = "[REDACTED]"
 
 ROTATE_MAX_BYTES: Final = 10 * 1024 * 1024
@@ -85,6 +86,14 @@ _AUDIT_ENABLED_FOR = _AUDIT_LOGGER.isEnabledFor
 
 _current: LoggingHandle | None = None
 _setup_lock: Final = threading.Lock()
+# With tracing on: returns the (trace id, span id) open where a record is made, or None.
+_trace_ids: Callable[[], tuple[str, str] | None] | None = None
+
+
+def set_trace_ids(source: Callable[[], tuple[str, str] | None] | None) -> None:
+    """Have records stamped with the current span's ids (tracing.py installs this), or stop."""
+    global _trace_ids
+    _trace_ids = source
 
 
 def _level_number(level: str) -> int:
@@ -134,6 +143,9 @@ class JsonFormatter(logging.Formatter):
         for key, value in _fields(record).items():
             if key not in _BASE_KEYS:
                 line[str(key)] = value
+        ids = getattr(record, "trace_ids", None)
+        if ids is not None:
+            line["trace_id"], line["span_id"] = ids
         exc = _exception_text(self, record)
         if exc:
             line["exc"] = exc
@@ -148,6 +160,9 @@ class TextFormatter(logging.Formatter):
         # Newlines in a message would let a client-supplied string forge a log line.
         msg = record.getMessage().replace("\r", "\\r").replace("\n", "\\n")
         parts = [_timestamp(record), record.levelname, f"{record.name}: {msg}"]
+        ids = getattr(record, "trace_ids", None)
+        if ids is not None:
+            parts.append(f"trace_id={ids[0]} span_id={ids[1]}")
         for key, value in _fields(record).items():
             parts.append(f"{key}={_text_value(value)}")
         text = " ".join(parts)
@@ -195,6 +210,9 @@ class _QueueHandler(logging.handlers.QueueHandler):
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         """Freeze the message text; the full line is formatted on the listener thread."""
+        # The span is known only here, on the thread (and in the task) that made the record.
+        if _trace_ids is not None:
+            record.trace_ids = _trace_ids()
         # Merging args here means a mutable argument changed later cannot alter the line.
         if record.args:
             record.msg = record.getMessage()
@@ -420,6 +438,9 @@ def setup_logging(level: str, fmt: str, file: str) -> LoggingHandle:
             logger = logging.getLogger(name)
             logger.setLevel(logging.NOTSET)
             logger.propagate = True
+        # aiosqlite logs every statement with its parameter values at debug: manifest URIs with
+        # their signed queries, token lookups. The SQL spans (tracing) name statements instead.
+        logging.getLogger(SQL_DRIVER_LOGGER_NAME).setLevel(logging.INFO)
         listener.start()
         atexit.register(handle.stop)
         _current = handle

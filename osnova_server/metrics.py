@@ -42,6 +42,8 @@ class Household:
     banned_addresses: int
     # Manifest-host circuit breakers: to-state -> transitions since start.
     breaker_transitions: Mapping[str, int] = field(default_factory=dict)
+    # With tracing on: reason -> spans not exported since start.
+    spans_dropped: Mapping[str, int] = field(default_factory=dict)
 
 
 class LabelledCounts:
@@ -71,7 +73,7 @@ class Metrics:
     __slots__ = (
         "registry", "rpc_requests", "rpc_duration", "http_requests", "active_connections",
         "ws_messages", "_calls", "_durations", "_answers", "_process",
-        "devices", "apps", "auth_failures", "bans", "banned", "certificate_expiry", "breaker_transitions",
+        "devices", "apps", "auth_failures", "bans", "banned", "certificate_expiry", "breaker_transitions", "spans_dropped",
     )
 
     def __init__(self) -> None:
@@ -107,6 +109,11 @@ class Metrics:
         self.breaker_transitions = Counter(
             "circuit_breaker_transitions_total",
             "Manifest-host circuit breakers entering a state (open, half_open, closed).",
+            registry=registry,
+        )
+        self.spans_dropped = Counter(
+            "tracing_spans_dropped_total",
+            "Spans not exported, by reason: queue_full (the collector is slow or down) or export_failed.",
             registry=registry,
         )
         # (method, outcome) -> calls; method -> [count per bucket..., count above the last, sum];
@@ -171,3 +178,5 @@ class Metrics:
         self.banned.set({}, household.banned_addresses)
         for state, count in household.breaker_transitions.items():
             self.breaker_transitions.set({"to": state}, count)
+        for reason, count in household.spans_dropped.items():
+            self.spans_dropped.set({"reason": reason}, count)

@@ -40,6 +40,7 @@ from osnova_server.services.settings import ServerSettings
 from osnova_server.slots import LocalSlots, SlotLedger
 from osnova_server.statelock import StateLock
 from osnova_server.store import Store
+from osnova_server.tracing import Tracing, start_tracing
 
 if TYPE_CHECKING:
     from osnova_server.cluster.runtime import Cluster
@@ -74,6 +75,8 @@ class Runtime:
     cluster: Cluster | None = None
     # This process's code book; in cluster mode the shared one takes its keyed digests from it.
     local_codes: PairingCodes | None = None
+    # The OpenTelemetry tracer, only with [tracing] enabled.
+    tracing: Tracing | None = None
     started_at: float = field(default_factory=time.monotonic)
     # The web layer installs the real count of open authenticated WebSockets.
     connection_count: Callable[[], int] = lambda: 0
@@ -212,7 +215,11 @@ async def open_runtime(config: Config) -> AsyncIterator[Runtime]:
         lock = StateLock.acquire(state_dir)
         stack.callback(lock.release)
         secret = load_or_create_secret(config)
-        store = await Store.open(state_dir, config.store.url)
+        tracing = start_tracing(config.tracing) if config.tracing.enabled else None
+        if tracing is not None:
+            # Closed last, so the spans of everything closing before it are exported too.
+            stack.push_async_callback(tracing.shutdown)
+        store = await Store.open(state_dir, config.store.url, tracing=tracing)
         stack.push_async_callback(store.close)
         scheduler = aiojobs.Scheduler(close_timeout=2.0)
         stack.push_async_callback(scheduler.close)
@@ -245,6 +252,7 @@ async def open_runtime(config: Config) -> AsyncIterator[Runtime]:
             apps=AppCatalog(
                 store, events, config.apps,
                 fetch_slots=FetchSlots(config.limits.max_concurrent_fetches, config.apps.fetch_timeout),
+                tracing=tracing,
             ),
             # Read at each call, so a SIGHUP-reloaded advertised_address is honoured.
             settings=ServerSettings(store, events, lambda: runtime.config.server.advertised_address),
@@ -255,6 +263,7 @@ async def open_runtime(config: Config) -> AsyncIterator[Runtime]:
             slots=cluster.slots if cluster is not None else LocalSlots(),
             cluster=cluster,
             local_codes=local_codes,
+            tracing=tracing,
         )
         if cluster is not None:
             cluster.share_bans(bans)

@@ -76,6 +76,10 @@ RESTART_ONLY: Final = (
     ("apps", "allow_http"),
     ("apps", "ant_gateway"),
     ("apps", "fetch_timeout"),
+    ("tracing", "enabled"),
+    ("tracing", "otlp_endpoint"),
+    ("tracing", "service_name"),
+    ("tracing", "sample_ratio"),
 )
 
 

@@ -21,6 +21,7 @@ from osnova_server.services.fetch_slots import FetchSlots
 from osnova_server.services.manifest import FetchPolicy, fetch_manifest, parse_manifest
 from osnova_server.store import AppRecord, Store
 from osnova_server.timestamps import rfc3339
+from osnova_server.tracing import Tracing
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def without_user_info(uri: str) -> str:
 class AppCatalog:
     """The apps this server keeps, over the store, with fetch rules from the `[apps]` section."""
 
-    __slots__ = ("_events", "_settings", "_store", "breakers", "fetch_slots", "fetch_ssl_context")
+    __slots__ = ("_events", "_settings", "_store", "_tracing", "breakers", "fetch_slots", "fetch_ssl_context")
 
     def __init__(
         self,
@@ -48,6 +49,8 @@ class AppCatalog:
         settings: AppsSection,
         fetch_slots: FetchSlots,
         fetch_ssl_context: ssl.SSLContext | None = None,
+        *,
+        tracing: Tracing | None = None,
     ) -> None:
         self._store = store
         self._events = events
@@ -58,6 +61,7 @@ class AppCatalog:
         self.fetch_ssl_context = fetch_ssl_context
         # Shared by every install, so a host that keeps failing is refused at once.
         self.breakers = HostBreakers()
+        self._tracing = tracing
 
     def policy(self, allow_file: bool) -> FetchPolicy:
         """The fetch rules for one install; `file://` only when the caller is an admin."""
@@ -68,6 +72,7 @@ class AppCatalog:
             timeout=self._settings.fetch_timeout,
             ssl_context=self.fetch_ssl_context,
             breakers=self.breakers,
+            tracing=self._tracing,
         )
 
     def installed(self) -> list[dict[str, Any]]:

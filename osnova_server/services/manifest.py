@@ -40,6 +40,7 @@ from osnova_server.errors import (
     UnsupportedScheme,
 )
 from osnova_server.services.breaker import HostBreakers
+from osnova_server.tracing import Tracing
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class FetchPolicy:
     ssl_context: ssl.SSLContext | None = None
     # One circuit per host for every fetch of this server; None fetches without one.
     breakers: HostBreakers | None = None
+    # With tracing on, each http(s) fetch is a span: host, status, bytes; never the query.
+    tracing: Tracing | None = None
 
 
 class HostFailure(FetchFailed):
@@ -311,9 +314,20 @@ def _file_error(shown: str, exc: OSError) -> str:
 async def _fetch_http(url: str, policy: FetchPolicy) -> bytes:
     """GET `url` through the circuit of its host, if the policy has breakers."""
     _check_http_scheme(url, policy)
+    host = urlsplit(url).hostname or ""
+    if policy.tracing is None:
+        return await _fetch_guarded(host, url, policy)
+    attributes = {"server.address": host, "url.scheme": urlsplit(url).scheme}
+    with policy.tracing.span("manifest.fetch", "client", attributes) as span:
+        data = await _fetch_guarded(host, url, policy)
+        span.set_attribute("osnova.manifest.bytes", len(data))
+        return data
+
+
+async def _fetch_guarded(host: str, url: str, policy: FetchPolicy) -> bytes:
+    """Fetch through the host's circuit, when the policy has breakers."""
     if policy.breakers is None:
         return await _fetch_bounded(url, policy)
-    host = urlsplit(url).hostname or ""
     return await policy.breakers.call(
         host, lambda: _fetch_bounded(url, policy), _is_host_failure
     )
@@ -357,6 +371,10 @@ async def _fetch_hops(url: str, policy: FetchPolicy) -> bytes:
     ) as session:
         for _hop in range(policy.max_redirects + 1):
             async with session.get(url, allow_redirects=False) as response:
+                if policy.tracing is not None:
+                    policy.tracing.current_span().set_attribute(
+                        "http.response.status_code", response.status
+                    )
                 if response.status in REDIRECT_STATUSES:
                     location = response.headers.get("Location")
                     if not location:

@@ -23,6 +23,8 @@ from osnova_server.snapshot import SnapshotError, save_pre_migration_copy
 from osnova_server.store.engine import Args, Engine, Row, SqliteEngine
 from osnova_server.store.records import AppRecord, BanRecord, DeviceRecord, RefreshRecord
 from osnova_server.store.schema import MIGRATIONS, SCHEMA_VERSION, statements
+from osnova_server.store.traced import TracedEngine
+from osnova_server.tracing import Tracing
 
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,8 +47,10 @@ class StoreError(Exception):
 class Store:
     """The server's database, opened once per process."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, engine: Engine, tracing: Tracing | None = None) -> None:
+        # With tracing, every statement passes a span on its way to the engine (store/traced.py).
+        self.engine: Engine = TracedEngine(engine, tracing) if tracing is not None else engine
+        self._sqlite = engine if isinstance(engine, SqliteEngine) else None
         self._apps: dict[str, AppRecord] = {}
         self._devices: dict[str, DeviceRecord] = {}
         self._app_listing: list[dict[str, Any]] | None = None
@@ -57,10 +61,12 @@ class Store:
     # -- lifecycle ---------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, state_dir: Path, url: str = "", migrate: bool = True) -> Store:
+    async def open(
+        cls, state_dir: Path, url: str = "", migrate: bool = True, tracing: Tracing | None = None,
+    ) -> Store:
         """Open (creating and migrating as needed) SQLite in `state_dir`, or PostgreSQL at `url`."""
         engine = await _open_engine(state_dir, url)
-        store = cls(engine)
+        store = cls(engine, tracing)
         try:
             if migrate:
                 await store.migrate()
@@ -94,7 +100,7 @@ class Store:
     @property
     def shared(self) -> bool:
         """Whether other processes change the same rows (PostgreSQL in cluster mode)."""
-        return not isinstance(self.engine, SqliteEngine)
+        return self._sqlite is None
 
     @property
     def errors(self) -> tuple[type[BaseException], ...]:
@@ -117,7 +123,7 @@ class Store:
                 f"database {self.where} has schema version {version}, newer than this "
                 f"osnova-server knows ({SCHEMA_VERSION}); install the newer version again"
             )
-        if 0 < version < SCHEMA_VERSION and isinstance(self.engine, SqliteEngine):
+        if 0 < version < SCHEMA_VERSION and self._sqlite is not None:
             # A way back for the household: the database as the previous version left it.
             # (PostgreSQL's operator backs up with pg_dump; see "Running more than one".)
             try:
@@ -222,8 +228,8 @@ class Store:
 
     async def integrity_check(self) -> str:
         """SQLite's `PRAGMA quick_check` verdict ("ok" when sound); PostgreSQL checks its own pages."""
-        if isinstance(self.engine, SqliteEngine):
-            return await self.engine.integrity_check()
+        if self._sqlite is not None:
+            return await self._sqlite.integrity_check()
         return "ok"
 
     async def ping(self) -> bool:

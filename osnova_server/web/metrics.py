@@ -39,6 +39,7 @@ def household(runtime: Runtime) -> Household:
         bans_imposed=runtime.bans.imposed,
         banned_addresses=len(runtime.bans.active()),
         breaker_transitions=runtime.apps.breakers.transitions,
+        spans_dropped=runtime.tracing.dropped if runtime.tracing is not None else {},
     )
 
 
