@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from aiohttp import web
 
@@ -27,3 +29,19 @@ async def stream_forever(request: web.Request) -> web.StreamResponse:
         await response.write(b" " * 65_536)
         await asyncio.sleep(0)
     return response
+
+
+@asynccontextmanager
+async def loopback_app(app: web.Application) -> AsyncIterator[str]:
+    """Serve `app` on an ephemeral loopback port, without an access log; yield its base URL.
+
+    No access log, so a test that reads the server's log finds only the server's lines.
+    """
+    runner = web.AppRunner(app, shutdown_timeout=0.1, access_log=None)
+    await runner.setup()
+    sock = bound_loopback_socket()
+    await web.SockSite(runner, sock).start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        await runner.cleanup()

@@ -24,19 +24,10 @@ from osnova_server.services.breaker import (
 from osnova_server.services.manifest import HostFailure
 from tests.clock import FakeClock
 from tests.conftest import RunningServer, make_config, running_server
-from tests.servers import bound_loopback_socket
+from tests.servers import loopback_app
+from tests.test_manifest import VALID
 
 HOST = "manifests.example"
-VALID_MANIFEST: dict[str, Any] = {
-    "id": "ant://0123abcd",
-    "name": "Notes",
-    "version": "1.2.3",
-    "iconUri": "https://example.com/icon.png",
-    "description": "Take notes",
-    "components": [
-        {"id": "ant://front", "name": "UI", "kind": "frontend", "version": "1.0.0", "platform": "desktop"},
-    ],
-}
 
 
 async def _failing() -> bytes:
@@ -208,7 +199,7 @@ class FlakyHost:
             return web.json_response({"error": "down"}, status=503)
         if self.mode == "hang":
             await asyncio.sleep(3600)
-        return web.json_response(VALID_MANIFEST)
+        return web.json_response(VALID)
 
 
 @pytest.fixture
@@ -217,14 +208,8 @@ async def flaky() -> AsyncIterator[tuple[FlakyHost, str]]:
     host = FlakyHost()
     app = web.Application()
     app.router.add_get("/app.json", host.handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    sock = bound_loopback_socket()
-    await web.SockSite(runner, sock).start()
-    try:
-        yield host, f"http://127.0.0.1:{sock.getsockname()[1]}/app.json?sig=secret-signature"
-    finally:
-        await runner.cleanup()
+    async with loopback_app(app) as base:
+        yield host, f"{base}/app.json?sig=secret-signature"
 
 
 @pytest.fixture
@@ -275,7 +260,7 @@ async def test_install_fails_fast_once_a_host_failed_five_times(
 
     clock.advance(60.0)
     host.mode = "ok"
-    assert await _install(osnova, uri) == VALID_MANIFEST["id"]
+    assert await _install(osnova, uri) == VALID["id"]
     assert host.hits == 6
     assert breakers.state("127.0.0.1") == CLOSED
     async with http.get(f"{osnova.url}/metrics") as response:

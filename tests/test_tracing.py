@@ -27,23 +27,14 @@ from osnova_server.config import Config
 from osnova_server.tracing import EXTRA_MISSING, extra_installed, statement_name
 from osnova_server.web.tracing import TRACERESPONSE
 from tests.conftest import RunningServer, ServerProcess, free_port, make_config, running_server, write_config
-from tests.servers import bound_loopback_socket
+from tests.servers import loopback_app
+from tests.test_manifest import VALID
 
 needs_extra = pytest.mark.skipif(
     not extra_installed(), reason="the tracing extra is not installed: pip install -e '.[tracing]'"
 )
 
 QUERY_SECRET: Final = "sig-QUERYSECRET-7f3a"
-MANIFEST: Final[dict[str, Any]] = {
-    "id": "ant://0123abcd",
-    "name": "Notes",
-    "version": "1.2.3",
-    "iconUri": "https://example.com/icon.png",
-    "description": "Take notes",
-    "components": [
-        {"id": "ant://front", "name": "UI", "kind": "frontend", "version": "1.0.0", "platform": "desktop"},
-    ],
-}
 
 
 # -- the OTLP/HTTP receiver ----------------------------------------------------------------------
@@ -108,15 +99,8 @@ async def collector() -> AsyncIterator[tuple[Collector, str]]:
     receiver = Collector()
     app = web.Application()
     app.router.add_post("/v1/traces", receiver.receive)
-    # No access log: the scan below reads the server's log, not the test's stand-ins'.
-    runner = web.AppRunner(app, shutdown_timeout=0.1, access_log=None)
-    await runner.setup()
-    sock = bound_loopback_socket()
-    await web.SockSite(runner, sock).start()
-    try:
-        yield receiver, f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        await runner.cleanup()
+    async with loopback_app(app) as base:
+        yield receiver, base
 
 
 @pytest.fixture
@@ -125,18 +109,11 @@ async def manifest_url() -> AsyncIterator[str]:
     app = web.Application()
 
     async def serve(request: web.Request) -> web.Response:
-        return web.json_response(MANIFEST)
+        return web.json_response(VALID)
 
     app.router.add_get("/app.json", serve)
-    # No access log: the scan below reads the server's log, not the test's stand-ins'.
-    runner = web.AppRunner(app, shutdown_timeout=0.1, access_log=None)
-    await runner.setup()
-    sock = bound_loopback_socket()
-    await web.SockSite(runner, sock).start()
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/app.json?sig={QUERY_SECRET}"
-    finally:
-        await runner.cleanup()
+    async with loopback_app(app) as base:
+        yield f"{base}/app.json?sig={QUERY_SECRET}"
 
 
 @pytest.fixture
@@ -225,7 +202,7 @@ async def test_a_call_with_traceparent_gives_its_rpc_sql_and_fetch_spans_under_t
             http, server, "apps.install", {"manifest_uri": manifest_url}, token=token,
             traceparent=f"00-{trace_id}-{parent_id}-01",
         )
-        assert answer["result"] == MANIFEST["id"]
+        assert answer["result"] == VALID["id"]
         echoed = headers[TRACERESPONSE]
         assert echoed.startswith(f"00-{trace_id}-") and int(echoed[-2:], 16) & 1 == 1
         found = await receiver.wait_for(
@@ -252,7 +229,7 @@ async def test_a_call_with_traceparent_gives_its_rpc_sql_and_fetch_spans_under_t
         fetch_attributes = attributes_of(fetch)
         assert fetch_attributes["server.address"] == "127.0.0.1"
         assert fetch_attributes["http.response.status_code"] == 200
-        assert fetch_attributes["osnova.manifest.bytes"] == len(json.dumps(MANIFEST))
+        assert fetch_attributes["osnova.manifest.bytes"] == len(json.dumps(VALID))
         assert attributes_of(insert) == {"db.system.name": "sqlite", "db.query.summary": "INSERT apps"}
         assert {"service.name": "osnova-server"}.items() <= receiver.resources[0].items()
 
