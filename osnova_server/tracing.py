@@ -136,13 +136,13 @@ class TracedDispatcher(Dispatcher):
         super().__init__(registry, observe=_outcome_observer(observe, tracing))
         self._tracing = tracing
 
-    async def execute(self, envelope: Envelope, ctx: Context) -> Any:
+    async def respond(self, envelope: Envelope, ctx: Context, max_bytes: int) -> bytes | None:
         """On a WebSocket, one message is one span, with its calls as children."""
         if ctx.transport != "ws":
-            return await super().execute(envelope, ctx)
+            return await super().respond(envelope, ctx, max_bytes)
         attributes: dict[str, AttributeValue] = {"osnova.ws.batch": envelope.is_batch}
         with self._tracing.span("ws.message", "server", attributes):
-            return await super().execute(envelope, ctx)
+            return await super().respond(envelope, ctx, max_bytes)
 
     async def call(self, member: Any, ctx: Context) -> dict[str, Any] | None:
         """Run one call inside its own span, named after the method (a bounded set of names)."""
