@@ -148,7 +148,7 @@ class ConnectionGuard(asyncio.Protocol):
 
     __slots__ = (
         "_limits", "_make_handler", "_ssl_context", "_header_timeout", "_loop", "_address",
-        "_raw", "_transport", "_handler", "_timer", "_in_request", "_counted",
+        "_raw", "_transport", "_handler", "_timer", "_deadline", "_in_request", "_counted",
     )
 
     def __init__(
@@ -167,7 +167,12 @@ class ConnectionGuard(asyncio.Protocol):
         self._raw: asyncio.Transport | None = None
         self._transport: asyncio.Transport | None = None
         self._handler: RequestHandler | None = None
+        # The header clock: when the headers are due (0.0: not running), and the one timer that
+        # checks it. Stopping the clock only clears the deadline, so a busy kept-alive connection
+        # costs no timer per request: the timer fires at most once per header_timeout and re-arms
+        # itself if the deadline moved.
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
         self._in_request = False
         self._counted = False
 
@@ -222,7 +227,7 @@ class ConnectionGuard(asyncio.Protocol):
         handler = self._handler
         if handler is None:
             return
-        if self._timer is None and not self._in_request:
+        if not self._deadline and not self._in_request:
             self._arm()
         handler.data_received(data)
 
@@ -259,18 +264,22 @@ class ConnectionGuard(asyncio.Protocol):
 
     def _arm(self) -> None:
         """Start the header clock."""
-        self._timer = self._loop.call_later(self._header_timeout, self._expire)
+        self._deadline = self._loop.time() + self._header_timeout
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._deadline, self._expire)
 
     def _disarm(self) -> None:
-        """Stop the header clock."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """Stop the header clock (its timer, if any, finds nothing due)."""
+        self._deadline = 0.0
 
     def _expire(self) -> None:
         """The headers did not arrive in time: answer 408 if a request is under way, and close."""
         self._timer = None
-        if self._in_request:
+        deadline = self._deadline
+        if not deadline or self._in_request:
+            return
+        if self._loop.time() < deadline:  # the clock was restarted since this timer was set
+            self._timer = self._loop.call_at(deadline, self._expire)
             return
         _LOGGER.debug("closing the connection from %s: no request headers within %g s",
                       self._address, self._header_timeout)
@@ -285,6 +294,9 @@ class ConnectionGuard(asyncio.Protocol):
     def _forget(self) -> None:
         """Uncount the connection (once) and stop its clock."""
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._counted:
             self._counted = False
             self._limits.release(self._address)
