@@ -30,6 +30,8 @@ SAMPLE_SECRET: Final = "your-secret-key-here"
 MIN_SECRET_BYTES: Final = 32
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS: Final = ("json", "text")
+# A DNS-SD instance name is one DNS label: at most 63 bytes of UTF-8 (RFC 6763 section 4.1.1).
+MAX_INSTANCE_NAME_BYTES: Final = 63
 # One DNS label of a host name (RFC 1123); the last label of a name may not be all digits.
 _HOST_LABEL: Final = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)", re.IGNORECASE)
 
@@ -193,6 +195,7 @@ class DiscoverySection:
 
     # "auto": advertise unless bound to loopback only; or true / false.
     mdns: bool | str = "auto"
+    # The instance name phones list; empty means this machine's host name.
     name: str = ""
 
 
@@ -434,6 +437,7 @@ def validate(config: Config) -> list[str]:
     problems.extend(_tracing_problems(config.tracing))
     if isinstance(config.discovery.mdns, str) and config.discovery.mdns != "auto":
         problems.append(f'[discovery] mdns must be true, false or "auto", not {config.discovery.mdns!r}')
+    problems.extend(_instance_name_problem(config.discovery.name))
     for origin in config.cors.allowed_origins:
         if origin != "*" and not origin.startswith(("http://", "https://")):
             problems.append(f"[cors] allowed_origins entry {origin!r} must be \"*\" or start with http:// or https://")
@@ -513,6 +517,16 @@ def _tracing_problems(tracing: TracingSection) -> list[str]:
     if tracing.enabled and not extra_installed():
         problems.append(EXTRA_MISSING)
     return problems
+
+
+def _instance_name_problem(name: str) -> list[str]:
+    """Return a problem line if `name` cannot be a DNS-SD instance name (one DNS label of UTF-8)."""
+    if len(name.encode("utf-8")) > MAX_INSTANCE_NAME_BYTES:
+        size = len(name.encode("utf-8"))
+        return [f"[discovery] name is {size} bytes of UTF-8; an mDNS name holds at most {MAX_INSTANCE_NAME_BYTES}: shorten it"]
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in name):
+        return ["[discovery] name contains a control character; use letters, digits, spaces and punctuation"]
+    return []
 
 
 def _tls_file_problem(key: str, what: str, path: str, where: str) -> list[str]:

@@ -27,11 +27,13 @@ from osnova_server import systemd
 from osnova_server.app import create_app
 from osnova_server.bind import bind_problem
 from osnova_server.config import Config, ConfigError
+from osnova_server.discovery import Advertising
 from osnova_server.logs import LoggingHandle, setup_logging
 from osnova_server.runtime import StateDirUnusable
 from osnova_server.security.renewal import CertificateRenewal
 from osnova_server.security.secret import configured_secret
 from osnova_server.security.tls import TlsError, certificate_not_after, create_ssl_context, reload_ssl_context
+from osnova_server.services.pairing import server_fingerprint
 from osnova_server.statelock import StateDirBusy, StateDirLockError, holder_pid
 from osnova_server.store import StoreError
 from osnova_server.web.access_log import AccessLog
@@ -80,6 +82,7 @@ RESTART_ONLY: Final = (
     ("tracing", "otlp_endpoint"),
     ("tracing", "service_name"),
     ("tracing", "sample_ratio"),
+    ("discovery", "mdns"),
 )
 
 
@@ -111,6 +114,7 @@ class Server:
         proxies = [ipaddress.ip_network(proxy, strict=False) for proxy in config.server.trusted_proxies]
         self.connections = ConnectionLimits(limits.max_connections, limits.max_connections_per_address, proxies)
         self._shortage: DescriptorShortage | None = None
+        self.advertising: Advertising | None = None
 
     async def start(self) -> None:
         """Open the runtime and bind the listening socket."""
@@ -161,6 +165,10 @@ class Server:
             # Port 0 asks the kernel for a free port; pairing payloads must name the real one.
             self._pin_port()
         _LOGGER.info("osnova-server listening on %s://%s", self.config.scheme, bound)
+        runtime = self.app[STATE_KEY].runtime
+        # In the background: a LAN without multicast, or a slow one, never delays serving.
+        self.advertising = Advertising(self.config, self.port, lambda: server_fingerprint(runtime))
+        self.advertising.start()
         if self.ssl_context is not None:
             self._observe_certificate()
             renewal = CertificateRenewal(self._certificate_paths, self._serve_renewed_certificate)
@@ -188,6 +196,8 @@ class Server:
             _LOGGER.error("the renewed TLS certificate could not be loaded; still serving the old one: %s", err)
             return
         self._observe_certificate()
+        if self.advertising is not None:
+            self.advertising.reload(self.config)  # the record's fp follows the certificate
 
     def _pin_port(self) -> None:
         """Record the kernel-chosen port in the running config (what pairing addresses use)."""
@@ -224,6 +234,8 @@ class Server:
             self.logging_handle.set_level(new.logging.level)
         self.app[STATE_KEY].runtime.reload(new)
         self._follow_secret(new)
+        if self.advertising is not None:
+            self.advertising.reload(new)
         needs_restart = [
             f"[{section}] {key}"
             for section, key in RESTART_ONLY
@@ -257,8 +269,10 @@ class Server:
             connection.close(WS_UNAUTHORIZED, "the server's secret was replaced; reconnect with a fresh token")
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish within the grace period, close."""
+        """Withdraw the mDNS record, stop accepting, let in-flight requests finish within the grace period."""
         try:
+            if self.advertising is not None:
+                await self.advertising.stop()
             await self.runner.cleanup()
         finally:
             if self._shortage is not None:

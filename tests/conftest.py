@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +40,8 @@ def make_config(state_dir: Path, **sections: dict[str, Any]) -> Config:
     config = config_module.replace(config, "rate_limit", requests_per_second=10_000.0, burst_size=10_000)
     # Every test client is on loopback, which [ban] ignore spares by default: ban it like any address.
     config = config_module.replace(config, "ban", ignore=[])
+    # A test that binds a wildcard address must not advertise on this machine's real LAN.
+    config = config_module.replace(config, "discovery", mdns=False)
     for section, changes in sections.items():
         config = config_module.replace(config, section, **changes)
     return config
@@ -158,10 +160,11 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> s
 class ServerProcess:
     """`osnova-server serve` in a child process, with its port read from a config we wrote."""
 
-    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None, prefix: Sequence[str] = ()) -> None:
+        """Start it; `prefix` wraps the command (e.g. `ip netns exec NS` to run it on another machine)."""
         self.config_path = config_path
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "osnova_server", "--config", str(config_path), "serve"],
+            [*prefix, sys.executable, "-m", "osnova_server", "--config", str(config_path), "serve"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
         )
 
@@ -198,8 +201,8 @@ def server_process() -> Iterator[Callable[..., ServerProcess]]:
     """Start server processes; every one still running at the end is stopped."""
     started: list[ServerProcess] = []
 
-    def start(config_path: Path, env: dict[str, str] | None = None) -> ServerProcess:
-        process = ServerProcess(config_path, env)
+    def start(config_path: Path, env: dict[str, str] | None = None, prefix: Sequence[str] = ()) -> ServerProcess:
+        process = ServerProcess(config_path, env, prefix)
         started.append(process)
         return process
 

@@ -665,3 +665,26 @@ def test_engine_urls_that_parse_are_ok_without_connecting(tmp_path: Path, extra:
     path = _write(tmp_path / "server.toml", _base(tmp_path) + extra)
     done = cli("--config", str(path), "check-config")
     assert (done.returncode, done.stdout.strip()) == (0, "config OK"), done.stderr
+
+
+@pytest.mark.parametrize("name", ["Living room", "x" * 63, "ж" * 31, "Дом (кухня)"])
+def test_discovery_name_takes_one_dns_label_of_utf8(tmp_path: Path, name: str) -> None:
+    """Any name of at most 63 bytes of UTF-8 without control characters is a DNS-SD instance name."""
+    path = _write(tmp_path / "server.toml", f'[discovery]\nname = "{name}"\n')
+    assert config_module.load(path).discovery.name == name
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("x" * 64, "[discovery] name is 64 bytes of UTF-8; an mDNS name holds at most 63: shorten it"),
+        ("ж" * 32, "[discovery] name is 64 bytes of UTF-8; an mDNS name holds at most 63: shorten it"),
+        ("tab\\there", "[discovery] name contains a control character; use letters, digits, spaces and punctuation"),
+    ],
+)
+def test_discovery_name_refuses_what_mdns_cannot_carry(tmp_path: Path, name: str, problem: str) -> None:
+    """A name too long for one DNS label, or with a control character, is one clear line."""
+    path = _write(tmp_path / "server.toml", f'[discovery]\nname = "{name}"\n')
+    with pytest.raises(ConfigError) as raised:
+        config_module.load(path)
+    assert raised.value.problems == [problem]

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Final
 
 import pytest
 
 from osnova_server import systemd
+from tests.conftest import free_port, make_config, write_config
+from tests.netns import Machine, NamespaceUnavailable, run_in, two_machines
 
 UNIT: Final = Path(__file__).resolve().parent.parent / "osnova_server" / "units" / "osnova-server.service"
 MAX_EXPOSURE: Final = 1.5
@@ -171,7 +177,7 @@ def unit_settings() -> dict[str, list[str]]:
         ("StateDirectory", "osnova"),
         ("StateDirectoryMode", "0700"),
         ("ConfigurationDirectory", "osnova"),
-        ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
+        ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX AF_NETLINK"),
         ("PrivateUsers", "yes"),
     ],
 )
@@ -245,7 +251,7 @@ def test_verify_harness_reports_mistakes(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_MDWE is Linux-only")
 def test_dependencies_load_with_memory_deny_write_execute() -> None:
-    """The unit's MemoryDenyWriteExecute=yes does not break argon2 (cffi) or cryptography."""
+    """The unit's MemoryDenyWriteExecute=yes does not break argon2 (cffi), cryptography or zeroconf (ctypes)."""
     pytest.importorskip("argon2")
     probe = f"import ctypes; raise SystemExit(ctypes.CDLL(None).prctl({PR_SET_MDWE}, 1, 0, 0, 0))"
     if subprocess.run([sys.executable, "-c", probe], check=False).returncode != 0:
@@ -266,6 +272,8 @@ hasher = argon2.PasswordHasher()
 assert hasher.verify(hasher.hash("pairing secret"), "pairing secret")
 ec.generate_private_key(ec.SECP256R1())
 ssl.create_default_context()
+import ifaddr, zeroconf.asyncio
+assert ifaddr.get_adapters()
 print("loaded")
 """
     result = subprocess.run(
@@ -274,3 +282,47 @@ print("loaded")
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "loaded"
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_an_advertising_server_opens_only_address_families_the_unit_allows(tmp_path: Path) -> None:
+    """A dual-stack server advertising over mDNS opens sockets only of RestrictAddressFamilies' families.
+
+    It runs in a network namespace of its own (tests/netns.py), so the multicast stays there;
+    a second machine's `discover` proves the advertisement really went out.
+    """
+    allowed = set(unit_settings()["RestrictAddressFamilies"][0].split())
+    trace = tmp_path / "socket.trace"
+    config = make_config(tmp_path / "state", server={"bind_address": f"[::]:{free_port()}"},
+                         discovery={"mdns": "auto", "name": "traced"})
+    config_path = write_config(tmp_path / "server.toml", config)
+    with ExitStack() as stack:
+        try:
+            machines = stack.enter_context(two_machines())
+        except NamespaceUnavailable as err:
+            pytest.skip(str(err))
+        server = subprocess.Popen(
+            machines.server.command("strace", "-f", "-qq", "-e", "trace=socket", "-o", str(trace),
+                                    sys.executable, "-m", "osnova_server", "--config", str(config_path), "serve"),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )
+        try:
+            found = _discovered(machines.second)
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)  # strace lets go, the server shuts down
+            _, err = server.communicate(timeout=30)
+
+    assert found == ["traced"], err
+    families = set(re.findall(r"socket\((AF_[A-Z0-9]+),", trace.read_text()))
+    assert {"AF_INET", "AF_INET6", "AF_NETLINK"} <= families
+    assert families <= allowed, f"the unit forbids {sorted(families - allowed)}"
+
+
+def _discovered(machine: Machine, within: float = 60.0) -> list[str]:
+    """The names `discover` on `machine` lists, asked again until one answers (strace is slow)."""
+    deadline = time.monotonic() + within
+    names: list[str] = []
+    while not names and time.monotonic() < deadline:
+        found = run_in(machine, [sys.executable, "-m", "osnova_server", "discover", "--json", "--timeout", "3"])
+        names = [entry["name"] for entry in json.loads(found.stdout or "[]")]
+    return names

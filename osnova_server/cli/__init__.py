@@ -18,6 +18,7 @@ from osnova_server.cli import (
     cert,
     completion,
     devices,
+    discover,
     migrate,
     rpc,
     serve,
@@ -30,7 +31,7 @@ from osnova_server.cli.common import EXIT_FAILURE, PROG, CommandError, Parser
 __all__ = ["build_parser", "main"]
 
 # The order `--help` lists the command groups in.
-_GROUPS = (setup, serve, migrate, status, rpc, devices, apps, backup, cert, systemd_unit, completion)
+_GROUPS = (setup, serve, migrate, status, rpc, devices, apps, discover, backup, cert, systemd_unit, completion)
 
 
 def build_parser() -> argparse.ArgumentParser:
