@@ -12,6 +12,7 @@ from osnova_server.metrics import Metrics
 from osnova_server.rpc.methods import load_registry
 from osnova_server.runtime import Runtime, open_runtime
 from osnova_server.tracing import make_dispatcher
+from osnova_server.web.admin import setup_admin
 from osnova_server.web.auth import setup_auth
 from osnova_server.web.ban import setup_ban
 from osnova_server.web.body import setup_body
@@ -85,7 +86,10 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/openrpc.json", openrpc_view, allow_head=True)
     setup_websocket(app)
     setup_metrics(app, metrics, config.metrics.allow_from)
-    setup_cors(app)  # last: it enables CORS on the routes that exist when it runs
+    setup_cors(app)  # it enables CORS on the routes that exist when it runs
+    # After CORS, so that no configured origin is ever granted the admin page's answers: it is
+    # served only to itself.
+    setup_admin(app)
 
     async def runtime_context(app: web.Application) -> AsyncIterator[None]:
         async with open_runtime(config) as opened:

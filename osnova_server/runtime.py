@@ -30,6 +30,7 @@ from osnova_server.security.ratelimit import Limiter, RateLimiter
 from osnova_server.security.roles import Role, receives
 from osnova_server.security.secret import load_or_create_secret
 from osnova_server.security.tokens import REVOKED, Claims, TokenAuthority, TokenInvalid, unverified_device_id
+from osnova_server.services.admin_sessions import MemorySessionStore, SessionStore
 from osnova_server.services.apps import AppCatalog
 from osnova_server.services.bans import BanList
 from osnova_server.services.devices import DeviceRegistry
@@ -50,7 +51,9 @@ _LOGGER = logging.getLogger(__name__)
 ACTIVE_SESSION_WINDOW: Final = 300.0
 
 # What a failed authentication presented: the label values of osnova_auth_failures_total.
-AuthFailure = Literal["authorization_header", "access_token", "websocket_auth", "pairing_code", "refresh_token"]
+AuthFailure = Literal[
+    "authorization_header", "access_token", "websocket_auth", "pairing_code", "refresh_token", "admin_login_link",
+]
 
 
 @dataclass(slots=True)
@@ -77,6 +80,8 @@ class Runtime:
     local_codes: PairingCodes | None = None
     # The OpenTelemetry tracer, only with [tracing] enabled.
     tracing: Tracing | None = None
+    # The admin page's login links and browser sessions (a cluster passes a shared store).
+    admin_sessions: SessionStore = field(default_factory=MemorySessionStore)
     started_at: float = field(default_factory=time.monotonic)
     # The web layer installs the real count of open authenticated WebSockets.
     connection_count: Callable[[], int] = lambda: 0

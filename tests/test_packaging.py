@@ -147,3 +147,13 @@ def test_wheel_carries_the_unit_and_systemd_unit_names_the_installed_script(inst
         line for line in packaged.splitlines() if not line.startswith("ExecStart=")
     ]
     assert verify_in_root(tmp_path / "root", result.stdout) == ""
+
+
+def test_wheel_holds_every_file_of_the_admin_page(wheel: Path) -> None:
+    """The admin page's templates and static files ship, every one that is in the tree."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    admin = REPO / "osnova_server" / "web" / "admin"
+    files = [path for folder in ("static", "templates") for path in (admin / folder).iterdir() if path.is_file()]
+    assert {"admin.js", "admin.css", "login.js", "index.html", "notice.html"} <= {path.name for path in files}
+    for path in files:
+        assert path.relative_to(REPO).as_posix() in names

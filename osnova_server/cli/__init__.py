@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from osnova_server import __version__
 from osnova_server.cli import (
+    admin,
     apps,
     backup,
     cert,
@@ -31,7 +32,7 @@ from osnova_server.cli.common import EXIT_FAILURE, PROG, CommandError, Parser
 __all__ = ["build_parser", "main"]
 
 # The order `--help` lists the command groups in.
-_GROUPS = (setup, serve, migrate, status, rpc, devices, apps, discover, backup, cert, systemd_unit, completion)
+_GROUPS = (setup, serve, migrate, status, rpc, devices, apps, discover, backup, cert, admin, systemd_unit, completion)
 
 
 def build_parser() -> argparse.ArgumentParser:
