@@ -12,10 +12,11 @@ from typing import Final
 import aiohttp
 import pytest
 
-from osnova_server.errors import INVALID_PARAMS
+from osnova_server.errors import FORBIDDEN, INVALID_PARAMS
 from tests.admin_client import CSRF, SAME_ORIGIN, AdminPage, link_secret, login_link
 from tests.clock import FakeClock
 from tests.conftest import RunningServer, make_config, running_server
+from tests.test_pairing import pair_device
 
 CSP: Final = "default-src 'self'; frame-ancestors 'none'"
 NEW_LINK_HINT: Final = "osnova-server admin-url"
@@ -48,6 +49,18 @@ async def test_login_link_ttl_outside_60_to_3600_is_invalid_params(osnova: Runni
         answer = await client.post({"jsonrpc": "2.0", "id": 1, "method": "admin.loginLink", "params": {"ttl": ttl}})
     assert answer["error"]["code"] == INVALID_PARAMS
     assert "'ttl'" in answer["error"]["message"]
+
+
+async def test_an_owner_device_gets_a_working_link_and_a_member_is_forbidden(osnova: RunningServer) -> None:
+    owner = await pair_device(osnova, name="owner phone", role="owner")
+    member = await pair_device(osnova, name="member phone")
+    async with osnova.client(owner["access_token"]) as client:
+        link = await client.call("admin.loginLink", {"ttl": 60})
+    async with AdminPage(osnova) as page:
+        assert (await page.submit_secret(link_secret(link["url"]))).status == 303
+    async with osnova.client(member["access_token"]) as client:
+        answer = await client.post({"jsonrpc": "2.0", "id": 1, "method": "admin.loginLink"})
+    assert answer["error"]["code"] == FORBIDDEN
 
 
 async def test_login_link_is_refused_to_anonymous_callers(osnova: RunningServer, http: aiohttp.ClientSession) -> None:

@@ -48,7 +48,7 @@ DECLARED = {
     "auth.refresh": Role.PUBLIC, "pairing.complete": Role.PUBLIC, "rpc.discover": Role.PUBLIC,
     "apps.install": Role.OWNER, "apps.uninstall": Role.OWNER, "config.setServer": Role.OWNER,
     "pairing.start": Role.OWNER, "devices.setRole": Role.OWNER, "devices.remove": Role.OWNER,
-    "bans.list": Role.OWNER, "bans.lift": Role.OWNER,
+    "bans.list": Role.OWNER, "bans.lift": Role.OWNER, "admin.loginLink": Role.OWNER,
 }
 
 
@@ -181,6 +181,7 @@ REFUSALS = [
     pytest.param("member", "devices.remove", {"device_id": "@gone"}, id="member-remove"),
     pytest.param("member", "bans.list", {}, id="member-bans-list"),
     pytest.param("member", "bans.lift", {"address": "192.0.2.7"}, id="member-bans-lift"),
+    pytest.param("member", "admin.loginLink", {}, id="member-admin-login-link"),
     # ...and may revoke only itself.
     pytest.param("member", "devices.revoke", {"device_id": "@other"}, id="member-revoke-other"),
     pytest.param("member", "devices.revoke", {"device_id": "@owner"}, id="member-revoke-owner"),

@@ -8,7 +8,7 @@ from osnova_server.errors import InvalidParams
 from osnova_server.logs import audit
 from osnova_server.rpc.context import Context
 from osnova_server.rpc.methods import REGISTRY as rpc
-from osnova_server.security.tokens import Scope
+from osnova_server.security.roles import Role
 from osnova_server.services.admin_sessions import DEFAULT_LINK_TTL, MAX_LINK_TTL, MIN_LINK_TTL
 from osnova_server.services.pairing import server_address
 from osnova_server.timestamps import from_epoch
@@ -18,9 +18,11 @@ from osnova_server.timestamps import from_epoch
 LOGIN_PATH: Final = "/admin/login#"
 
 
-@rpc.method("admin.loginLink", scope=Scope.ADMIN, errors=(InvalidParams,))
+@rpc.method("admin.loginLink", role=Role.OWNER, errors=(InvalidParams,))
 async def admin_login_link(ctx: Context, ttl: int = DEFAULT_LINK_TTL) -> dict[str, Any]:
     """Issue a single-use link that opens a 12-hour admin session in the browser that follows it.
+
+    Owner devices and admins may ask for one: the session acts as admin, as CONTRACT 7 says.
 
     `ttl` is how long the link may wait to be opened, from 60 to 3600 seconds (default 600).
     """

@@ -217,9 +217,8 @@
     show(error, "");
     $("pair-done").hidden = true;
     const name = $("pair-name").value.trim();
-    const params = { ttl: Number($("pair-ttl").value) };
+    const params = { ttl: Number($("pair-ttl").value), role: $("pair-role").value };
     if (name) params.name = name;
-    if ($("pair-role").value !== "member") params.role = $("pair-role").value;
     try {
       const payload = await rpc("pairing.start", params);
       const sealed = await post("/admin/qr", { text: JSON.stringify(payload) });
