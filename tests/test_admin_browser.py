@@ -412,3 +412,35 @@ def test_a_cross_origin_form_cannot_post_to_the_admin_page(page: webdriver.Chrom
     page.get_log("browser")  # the 403 the forged form got is the point
     page.get(f"{served.url}/admin/")
     wait_for(page, lambda d: d.find_element(By.ID, "live-state").text == "Live", "the session survived")
+
+
+def test_a_stopping_server_is_said_so_and_a_restarted_one_asks_for_a_new_link(
+    browser: webdriver.Chrome, tmp_path: Path,
+) -> None:
+    """SIGTERM: the page says the server is stopping; once it is back (sessions gone), the sign-in page."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    port = free_port()
+    config = config_module.replace(make_config(state), "server", bind_address=f"127.0.0.1:{port}")
+    path = write_config(tmp_path / "server.toml", config)
+    url = f"http://127.0.0.1:{port}"
+    own = Served(url, path, port, tmp_path, tmp_path)
+    process = ServerProcess(path)
+    try:
+        process.wait_ready(url)
+        browser.get(admin_url(own))
+        wait_for(browser, lambda d: d.find_element(By.ID, "live-state").text == "Live", "the page is live")
+        process.process.terminate()
+        banner = wait_for(browser, lambda d: d.find_element(By.ID, "banner").text, "the page says why")
+        assert banner.startswith("The server is stopping or restarting.")
+        assert process.process.wait(timeout=15) == 0
+        process = ServerProcess(path)
+        process.wait_ready(url)
+        wait_for(browser, lambda d: d.find_elements(By.ID, "notice-message"), "the sign-in page once it is back")
+        assert browser.find_element(By.TAG_NAME, "code").text == "osnova-server admin-url"
+    finally:
+        process.stop()
+    # The page's reconnection attempts while the server was down are failed loads, as they should be.
+    problems = console_problems(browser)
+    assert all("ERR_CONNECTION_REFUSED" in p["message"] or "401" in p["message"]
+               or "WebSocket" in p["message"] for p in problems), problems
