@@ -57,6 +57,8 @@ class Store:
         self.on_change: ChangeHook | None = None
         # Rows another process changed that could not be read again yet (database down).
         self._stale: dict[str, set[str]] = {}
+        # While `reload_all` reads: the rows this process changed meanwhile (it keeps those).
+        self._changed_during_reload: set[tuple[str, str]] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -203,8 +205,26 @@ class Store:
                     self._devices[device_id] = _device(row)
 
     async def reload_all(self) -> None:
-        """Read every hot table again (after missing other processes' changes)."""
-        await self._load_cache()
+        """Read every hot table again (after missing other processes' changes).
+
+        A row this process changes while the tables are read keeps its in-memory value: the
+        read may have started before that commit.
+        """
+        self._changed_during_reload = set()
+        try:
+            app_rows = await self.engine.fetch_all(f"SELECT {_APP_COLUMNS} FROM apps")
+            device_rows = await self.engine.fetch_all(f"SELECT {_DEVICE_COLUMNS} FROM devices")
+        finally:
+            changed, self._changed_during_reload = self._changed_during_reload, None
+        apps = {row[0]: _app(row) for row in app_rows}
+        devices = {row[0]: _device(row) for row in device_rows}
+        for table, key in changed:
+            if table == APPS:
+                _keep(self._apps, apps, key)
+            else:
+                _keep(self._devices, devices, key)
+        self._apps, self._devices = apps, devices
+        self._app_listing = None
 
     async def revoked_devices(self) -> set[str]:
         """The ids of revoked devices, read from the database (not from memory)."""
@@ -215,6 +235,8 @@ class Store:
 
         Awaited, so a process killed right after answering has already told the others.
         """
+        if self._changed_during_reload is not None:
+            self._changed_during_reload.update((table, key) for key in keys)
         if self.on_change is not None and keys:
             await self.on_change(table, list(keys))
 
@@ -441,6 +463,14 @@ async def _open_engine(state_dir: Path, url: str) -> Engine:
         raise StoreError(
             f"cannot reach PostgreSQL at {redacted_url(url)}; start it, or check [store] url"
         ) from None
+
+
+def _keep(current: dict[str, T], fresh: dict[str, T], key: str) -> None:
+    """Make `fresh` hold what `current` holds for `key` (a row changed here during a reload)."""
+    if key in current:
+        fresh[key] = current[key]
+    else:
+        fresh.pop(key, None)
 
 
 def _app(row: Row) -> AppRecord:
