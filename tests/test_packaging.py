@@ -157,3 +157,15 @@ def test_wheel_holds_every_file_of_the_admin_page(wheel: Path) -> None:
     assert {"admin.js", "admin.css", "login.js", "index.html", "notice.html"} <= {path.name for path in files}
     for path in files:
         assert path.relative_to(REPO).as_posix() in names
+
+
+def test_ci_runs_the_readme_test_command_word_for_word() -> None:
+    """The newcomer's one-line test command in README.md is the line `.ci/run` ends with."""
+    ci_lines = (REPO / ".ci" / "run").read_text(encoding="utf-8").rstrip("\n").splitlines()
+    command = ci_lines[-1]
+    assert command.endswith(".venv/bin/python -m pytest -n 2 -q")
+    assert "apt-get update" in command
+    readme_lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    assert command in readme_lines
+    # Every Debian package the tests need is in the command itself, not in a step before it.
+    assert not any("apt-get install" in line for line in ci_lines[:-1])
