@@ -23,7 +23,6 @@ from urllib.parse import urlsplit
 import tomli_w
 
 from osnova_server.files import replace_file
-from osnova_server.tracing import EXTRA_MISSING, extra_installed
 
 SYSTEM_CONFIG_PATH: Final = Path("/etc/osnova/server.toml")
 SAMPLE_SECRET: Final = "your-secret-key-here"
@@ -514,8 +513,13 @@ def _tracing_problems(tracing: TracingSection) -> list[str]:
                 f"[tracing] otlp_endpoint must be an http:// or https:// URL like "
                 f"http://127.0.0.1:4318, not {endpoint!r}"
             )
-    if tracing.enabled and not extra_installed():
-        problems.append(EXTRA_MISSING)
+    if tracing.enabled:
+        # Imported only here: osnova_server.tracing pulls in the RPC layer, which every command
+        # (`version` too) would otherwise pay for at start while tracing is off.
+        from osnova_server.tracing import EXTRA_MISSING, extra_installed
+
+        if not extra_installed():
+            problems.append(EXTRA_MISSING)
     return problems
 
 

@@ -15,8 +15,6 @@ import hmac
 import io
 from typing import Final
 
-import qrcode  # type: ignore[import-untyped]  # no stubs published
-import qrcode.image.svg  # type: ignore[import-untyped]
 from cryptography.fernet import Fernet, InvalidToken
 
 _KEY_LABEL: Final = b"osnova admin qr v1"
@@ -48,6 +46,11 @@ class QrSeal:
 
 def qr_svg(text: str) -> bytes:
     """`text` as a QR code in an SVG document (dark modules on white, with the quiet zone)."""
+    # Imported on first use: qrcode loads its image drawers (Pillow's among them) at import, which
+    # start-up need not wait for.
+    import qrcode  # type: ignore[import-untyped]  # no stubs published
+    import qrcode.image.svg  # type: ignore[import-untyped]
+
     image = qrcode.make(text, image_factory=qrcode.image.svg.SvgPathFillImage, border=4)
     out = io.BytesIO()
     image.save(out)
