@@ -55,9 +55,12 @@ class Advertiser:
             if current.decoded_properties == txt:
                 return
             updated = self._service_info(self.name, txt)
-            await (await self._zeroconf.async_update_service(updated))
+            announced = await self._zeroconf.async_update_service(updated)
             self._info = updated
+            # Logged once the new record is on the LAN, before its repeats are done: a shutdown
+            # meanwhile cancels the repeats, and the log must still say the record changed.
             _LOGGER.info("mDNS record of %r updated (fp %s)", self.name, txt.get("fp"))
+            await announced
             return
         if current is not None:
             await (await self._zeroconf.async_unregister_service(current))
