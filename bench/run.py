@@ -1,6 +1,6 @@
 """Benchmark osnova-server against a bare aiohttp handler and aiohttp + jsonrpcserver, in one run.
 
-    python bench/run.py [--rounds 3] [--duration 5] [--stacks asyncio,uvloop] [--skip-ws] [--idle 1000,10000]
+    python bench/run.py [--rounds 3] [--duration 5] [--stacks asyncio,uvloop] [--skip-ws] [--skip-attack] [--idle 1000,10000]
 
 Servers are pinned to CPU 0 and the load (wrk, the WebSocket and pairing clients) to CPU 1
 (taskset), and take turns, round after round, so each ratio compares numbers measured seconds
@@ -431,6 +431,21 @@ def ws_rows(args: argparse.Namespace, stack: Stack) -> list[Row]:
     return rows
 
 
+def attack_rows(args: argparse.Namespace, stack: Stack) -> list[Row]:
+    """The trivial call's p99, quiet and while 127.0.0.2 holds slow connections (bench/under_attack.py)."""
+    argv = [sys.executable, str(BENCH / "under_attack.py"), "--json", "--rounds", str(args.rounds),
+            "--duration", str(args.duration), "--stacks", stack.name]
+    done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=1200, env=CHILD_ENV)
+    if done.returncode != 0 or not done.stdout.strip():
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return [Row("trivial call p99, under attack", stack.name, "-", note=f"under_attack.py failed: {tail}")]
+    rows = []
+    for item in json.loads(done.stdout.strip().splitlines()[-1]):
+        rows.append(Row(item["case"], stack.name, item["server"], rps=[item["rate"]], p50=[item["p50_ms"]],
+                        p99=[item["p99_ms"]], cpu_us=[item["cpu_us"]], note=item["note"]))
+    return rows
+
+
 def main() -> int:
     """Run every case and print the table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -439,6 +454,7 @@ def main() -> int:
     parser.add_argument("--stacks", default="asyncio,uvloop", help="comma-separated: asyncio, uvloop")
     parser.add_argument("--idle", default="1000,10000", help="idle WebSocket counts for the memory case")
     parser.add_argument("--skip-ws", action="store_true", help="skip the WebSocket cases")
+    parser.add_argument("--skip-attack", action="store_true", help="skip the under-attack case")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("bench: wrk is missing; apt-get install wrk", file=sys.stderr)
@@ -460,6 +476,8 @@ def main() -> int:
             rows.append(health_under_argon2(args, workdir, stack))
             if not args.skip_ws:
                 rows.extend(ws_rows(args, stack))
+            if not args.skip_attack:
+                rows.extend(attack_rows(args, stack))
             timings[stack.name] = start_times(workdir, stack)
     print_table(rows)
     for name, (ready, version) in timings.items():
