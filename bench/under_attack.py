@@ -137,8 +137,9 @@ class Attacker:
     def _connected(self, sock: socket.socket, now: float) -> None:
         """The handshake ended: send the start of a request that never ends, or give the slot back."""
         self.connecting.discard(sock)
-        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-            self._drop(sock, "connect failed", now)
+        if code := sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            # A reset before the handshake was seen here: the server refused it at accept.
+            self._drop(sock, "closed at accept" if code == errno.ECONNRESET else "connect failed", now)
             return
         self.opened_at[sock] = now
         self.selector.modify(sock, selectors.EVENT_READ)
