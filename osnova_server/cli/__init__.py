@@ -8,35 +8,45 @@ package adds its commands with `register(commands)`; this one only puts them tog
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Final
 
 from osnova_server import __version__
-from osnova_server.cli import (
-    admin,
-    apps,
-    backup,
-    cert,
-    completion,
-    devices,
-    discover,
-    migrate,
-    rpc,
-    serve,
-    setup,
-    status,
-    systemd_unit,
-)
 from osnova_server.cli.common import EXIT_FAILURE, PROG, CommandError, Parser
 
 __all__ = ["build_parser", "main"]
 
-# The order `--help` lists the command groups in.
-_GROUPS = (setup, serve, migrate, status, rpc, devices, apps, discover, backup, cert, admin, systemd_unit, completion)
+# The command group modules, in the order `--help` lists them.
+GROUPS: Final = ("setup", "serve", "migrate", "status", "rpc", "devices", "apps", "discover", "backup", "cert",
+                 "admin", "systemd_unit", "completion")
+# Which group module adds each command. This is the one place that says why the CLI imports
+# lazily: a command needs only its own module, so `serve` and `version` do not pay for the
+# imports of the other twelve (asyncio, ssl, the admin sessions...). `--help`, a mistyped
+# command and `completion` still build the whole parser. tests/test_cli.py checks this table
+# against what the modules register.
+COMMANDS: Final = {
+    "init": "setup", "check-config": "setup", "serve": "serve", "version": "serve", "migrate": "migrate",
+    "status": "status", "token": "rpc", "rpc": "rpc", "pair": "devices", "devices": "devices", "bans": "devices",
+    "apps": "apps", "discover": "discover", "backup": "backup", "restore": "backup", "cert": "cert",
+    "rotate-secret": "cert", "admin-url": "admin", "systemd-unit": "systemd_unit", "completion": "completion",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand."""
+def chosen_command(argv: Sequence[str]) -> str | None:
+    """The command word of argv, when only `--config` comes before it; else None (the full parser decides)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--config":
+            next(words, None)
+        elif not word.startswith("--config="):
+            return None if word.startswith("-") else word
+    return None
+
+
+def build_parser(groups: Iterable[str] = GROUPS) -> argparse.ArgumentParser:
+    """The argument parser with the subcommands of `groups` (default: every one)."""
     parser = Parser(prog=PROG, description="The Osnova home-server daemon.")
     parser.add_argument("--config", metavar="PATH", help="config file (default: $OSNOVA_CONFIG, "
                         "else /etc/osnova/server.toml if it exists, else embedded defaults)")
@@ -44,14 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     commands.required = True
-    for group in _GROUPS:
-        group.register(commands)
+    for group in groups:
+        importlib.import_module(f"osnova_server.cli.{group}").register(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `osnova-server` script."""
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    group = COMMANDS.get(chosen_command(words) or "")
+    args = build_parser([group] if group else GROUPS).parse_args(words)
     try:
         return int(args.func(args))
     except CommandError as err:

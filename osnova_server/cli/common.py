@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import ssl
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
 if TYPE_CHECKING:
+    import ssl
+
     from osnova_server.client import OsnovaClient
     from osnova_server.config import Config
 
@@ -89,6 +90,8 @@ def local_ssl_context(config: Config) -> ssl.SSLContext | None:
     serves instead of asking the system trust store (which a self-signed one is not in), and
     does not check the host name (a LAN certificate need not name 127.0.0.1).
     """
+    import ssl
+
     if not config.tls.enabled:
         return None
     context = ssl.create_default_context(cafile=config.tls.cert_path)

@@ -9,7 +9,6 @@ is safe). For SQLite, the state dir's lock keeps this from running beside a serv
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
 from osnova_server.cli.common import EXIT_FAILURE, EXIT_OK, CommandError, load_config
@@ -18,6 +17,8 @@ from osnova_server.cli.common import EXIT_FAILURE, EXIT_OK, CommandError, load_c
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Migrate the configured store and print the schema version it is at."""
     config = load_config(args)
+    import asyncio
+
     from osnova_server.statelock import StateDirBusy, StateDirLockError, StateLock
     from osnova_server.store import SCHEMA_VERSION, Store, StoreError
 

@@ -1,0 +1,84 @@
+"""Start-up time: process start of `osnova-server serve` to its first 200 from /health, as bench/run.py times it.
+
+    python bench/startup.py [--starts 5] [--stacks asyncio,uvloop] [CHECKOUT ...]
+
+Each CHECKOUT (a directory holding `osnova_server/`; default: this one) is started in turn,
+start after start, so that two checkouts (say main and a branch) are compared under the same
+machine load. Also times `osnova-server version`. Uses bench/run.py's config and command lines
+(servers pinned to CPU 0, uvloop hidden on the `asyncio` stack), and prints the median of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import run  # bench/run.py: the same config, command lines and readiness poll
+
+
+def child_env(checkout: Path) -> dict[str, str]:
+    """The environment that makes a child import osnova_server from `checkout`."""
+    return {**os.environ, "PYTHONPATH": str(checkout)}
+
+
+def start_to_ready(checkout: Path, stack: run.Stack, workdir: Path) -> float:
+    """Seconds from starting `serve` to the first 200 from /health."""
+    state = Path(tempfile.mkdtemp(prefix="state-", dir=workdir))
+    port = run.free_port()
+    config_path = run.osnova_config(state, port, access_log=False)
+    started = time.perf_counter()
+    popen = subprocess.Popen(run.pinned(run.SERVER_CPU, run.osnova_argv(stack, config_path, "serve")),
+                             env=child_env(checkout), stdout=subprocess.DEVNULL,
+                             stderr=(state / "stderr.log").open("wb"))
+    process = run.Process("osnova", f"http://127.0.0.1:{port}", popen)
+    try:
+        run.wait_ready(f"{process.url}/health", popen)
+        return time.perf_counter() - started
+    finally:
+        process.stop()
+
+
+def version_time(checkout: Path, stack: run.Stack) -> float:
+    """Seconds `osnova-server version` takes, start to exit."""
+    argv = [sys.executable, "-m", "osnova_server"] if stack.uvloop else [sys.executable, "-c", run.WITHOUT_UVLOOP]
+    started = time.perf_counter()
+    subprocess.run([*argv, "version"], env=child_env(checkout), check=True,
+                   capture_output=True, timeout=30)
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    """Time every checkout on every stack, taking turns, and print the medians."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkouts", nargs="*", type=Path, default=[run.ROOT], metavar="CHECKOUT")
+    parser.add_argument("--starts", type=int, default=run.STARTS)
+    parser.add_argument("--stacks", default="asyncio,uvloop", help="comma-separated: asyncio, uvloop")
+    args = parser.parse_args()
+    checkouts = [path.resolve() for path in args.checkouts]
+    stacks = [run.STACKS[name] for name in args.stacks.split(",") if name]
+    ready: dict[tuple[Path, str], list[float]] = {}
+    version: dict[tuple[Path, str], list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="osnova-startup-") as tmp:
+        for _ in range(args.starts):
+            for stack in stacks:
+                for checkout in checkouts:
+                    key = (checkout, stack.name)
+                    ready.setdefault(key, []).append(start_to_ready(checkout, stack, Path(tmp)))
+                    version.setdefault(key, []).append(version_time(checkout, stack))
+    for (checkout, stack_name), times in ready.items():
+        print(f"{checkout} {stack_name}: start to ready {statistics.median(times) * 1000:.0f} ms "
+              f"(min {min(times) * 1000:.0f}), version {statistics.median(version[checkout, stack_name]) * 1000:.0f} ms "
+              f"(median of {args.starts})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
