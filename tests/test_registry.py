@@ -318,6 +318,98 @@ async def test_batch_members_run_concurrently_within_the_bound() -> None:
     assert [answer["id"] for answer in answers] == list(range(BATCH_CONCURRENCY * 3))
 
 
+async def test_batch_members_that_do_not_wait_run_without_a_task_each() -> None:
+    loop = asyncio.get_running_loop()
+    created: list[object] = []
+    default_factory = loop.get_task_factory()
+
+    def counting_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        created.append(coro)
+        return asyncio.Task(coro, loop=loop, **kwargs) if default_factory is None else default_factory(loop, coro)
+
+    loop.set_task_factory(counting_factory)
+    try:
+        members = [{"jsonrpc": "2.0", "method": "echo.args", "params": {"name": f"n{n}"}, "id": n} for n in range(10)]
+        wire = await Dispatcher(registry).respond(protocol.Envelope(members, True), context(), UNBOUNDED)
+    finally:
+        loop.set_task_factory(default_factory)
+    assert wire is not None
+    assert [answer["result"]["name"] for answer in json.loads(wire)] == [f"n{n}" for n in range(10)]
+    assert created == []
+
+
+async def test_a_waiting_member_keeps_its_task_and_the_members_after_it_run_meanwhile() -> None:
+    local = Registry()
+    release = asyncio.Event()
+    tasks: dict[str, asyncio.Task[Any] | None] = {}
+    finished: list[str] = []
+
+    @local.method("slow.timed", role=Role.MEMBER)
+    async def slow_timed(ctx: Context, name: str) -> str:
+        """Wait under a timeout, which holds the task that entered it."""
+        async with asyncio.timeout(0.05):
+            await release.wait()  # never set: the timeout ends it
+        return name
+
+    @local.method("quick.note", role=Role.MEMBER)
+    async def quick_note(ctx: Context, name: str) -> str:
+        """Answer at once, saying which task ran it."""
+        tasks[name] = asyncio.current_task()
+        finished.append(name)
+        return name
+
+    members = [
+        {"jsonrpc": "2.0", "method": "quick.note", "params": {"name": "first"}, "id": 0},
+        {"jsonrpc": "2.0", "method": "slow.timed", "params": {"name": "slow"}, "id": 1},
+        {"jsonrpc": "2.0", "method": "quick.note", "params": {"name": "after"}, "id": 2},
+        {"jsonrpc": "2.0", "method": "slow.timed", "params": {"name": "slow too"}, "id": 3},
+    ]
+    own = asyncio.current_task()
+    wire = await Dispatcher(local).respond(protocol.Envelope(members, True), context(), UNBOUNDED)
+    assert wire is not None
+    answers = json.loads(wire)
+    assert [answer["id"] for answer in answers] == [0, 1, 2, 3]
+    assert answers[0]["result"] == "first" and answers[2]["result"] == "after"
+    # Each timeout cancelled only its own member (an internal error), not the batch's task.
+    assert answers[1]["error"]["code"] == answers[3]["error"]["code"] == -32603
+    assert tasks["first"] is own  # started in the request's task and done there
+    assert tasks["after"] is not own  # started while a member before it waited
+    assert finished == ["first", "after"]
+    assert own is not None and own.cancelling() == 0
+
+
+async def test_cancelling_a_batch_cancels_the_waiting_member_and_those_after_it() -> None:
+    local = Registry()
+    cancelled: list[int] = []
+    waiting = 0
+
+    @local.method("slow.forever", role=Role.MEMBER)
+    async def slow_forever(ctx: Context, n: int) -> int:
+        """Wait until cancelled, and say so."""
+        nonlocal waiting
+        waiting += 1
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(n)
+            raise
+        return n
+
+    members = [{"jsonrpc": "2.0", "method": "slow.forever", "params": {"n": n}, "id": n} for n in range(3)]
+    task = asyncio.ensure_future(Dispatcher(local).respond(protocol.Envelope(members, True), context(), UNBOUNDED))
+    for _ in range(100):
+        if waiting == 3:
+            break
+        await asyncio.sleep(0)
+    assert waiting == 3
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert sorted(cancelled) == [0, 1, 2]
+
+
 # -- declaration --------------------------------------------------------------------------------
 
 
