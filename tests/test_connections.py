@@ -145,6 +145,29 @@ async def test_past_max_connections_every_address_is_refused(state_dir: Path) ->
         assert await asyncio.to_thread(_health, port) > 0
 
 
+async def test_on_asyncios_loop_connections_past_the_address_cap_are_reset_at_accept(state_dir: Path) -> None:
+    assert type(asyncio.get_running_loop()).__module__.startswith("asyncio")  # uvloop accepts in C
+    config = make_config(state_dir, limits={"max_connections": 50, "max_connections_per_address": 2})
+    async with running_server(config) as server:
+        port = server.server.port
+        held = [socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0)) for _ in range(2)]
+        try:
+            await _eventually(lambda: server.server.connections.total == 2)
+            for _ in range(5):
+                extra = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0))
+                extra.settimeout(WAIT)
+                # A reset (SO_LINGER 0) in accept(), not the guard's orderly close after a transport was made.
+                with pytest.raises(ConnectionResetError):
+                    await asyncio.to_thread(extra.recv, 1)
+                extra.close()
+            assert server.server.connections.total == 2  # the refused were never counted
+            assert server.server.connections.of("127.0.0.2") == 2
+            assert await asyncio.to_thread(_health, port, "127.0.0.1") > 0  # others are served meanwhile
+        finally:
+            for sock in held:
+                sock.close()
+
+
 def test_connection_limits_count_per_address_and_exempt_trusted_proxies() -> None:
     import ipaddress
 
