@@ -11,6 +11,17 @@ Measures, for osnova-server (`apps.list` over an admin socket) and a bare aiohtt
 - memory per idle connection: the server process's RSS with `--idle` open sockets (authenticated,
   for osnova-server) minus its RSS before, divided by their number (each count in the list).
 
+osnova-server's sockets are opened as a household's phones would open them: the benchmark pairs
+PAIRED_DEVICES devices (`pairing.start` as admin, then `pairing.complete`) and every socket of
+the 50-connection case carries its own device's token, so each has its own rate-limiter bucket
+and its role is looked up as a device's on every call. The idle sockets are spread over the same
+devices, so this config raises `[server] max_clients` to the idle count plus room,
+`[server] max_clients_per_device` to what one device then holds (e.g. 203 for 10,000 sockets),
+and `[limits] max_connections` and `max_connections_per_address` (every socket comes from
+127.0.0.1) to fit them; the limits still run on every connection and upgrade, they are only sized
+for the load. The rate limit is set
+far above what the load sends: the limiter charges every message, it refuses none.
+
 Both servers run on uvloop with `--uvloop`, else on asyncio's loop (osnova-server is then started
 with uvloop hidden); the client runs on uvloop whenever it is installed, so that it outruns them. `--json` prints the rows as one JSON list on the last line
 of stdout, for bench/run.py.
@@ -47,12 +58,15 @@ ROOT: Final = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from osnova_server import config as config_module
+from osnova_server.client import OsnovaClient
 from osnova_server.security.tokens import Scope, TokenAuthority
 
 SECRET: Final = "bench-secret-0123456789abcdef0123456789abcdef"
 SERVER_CPU: Final = 0
 LOAD_CPU: Final = 1
 REQUEST: Final = '{"jsonrpc":"2.0","method":"apps.list","id":1}'
+# Devices paired for osnova-server's sockets: one per connection of the busiest round-trip case.
+PAIRED_DEVICES: Final = 50
 # Opens idle sockets this many at a time, so 10,000 of them take seconds, not minutes.
 CONNECT_CONCURRENCY: Final = 64
 # Runs the CLI with uvloop hidden, as if the `speedups` extra were not installed.
@@ -113,21 +127,37 @@ def raise_fd_limit(needed: int) -> None:
 
 
 class Target:
-    """A server under test: a child process, its /ws URL and the headers a client sends."""
+    """A server under test: a child process, its /ws URL and the headers its sockets send.
 
-    def __init__(self, name: str, argv: list[str], port: int, headers: dict[str, str], log: Path) -> None:
+    `tokens` are the bearer tokens sockets take in turn (socket i gets tokens[i % len]), none for
+    the echo; `authenticated` says whether a socket's first frame is the `connected` notification.
+    """
+
+    def __init__(self, name: str, argv: list[str], port: int, log: Path) -> None:
         self.name = name
+        self.base = f"http://127.0.0.1:{port}"
         self.url = f"ws://127.0.0.1:{port}/ws"
-        self.headers = headers
+        self.tokens: list[str] = []
         self.log = log
         with log.open("w") as sink:  # a file, not a pipe: a full pipe would stall the server
             self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=sink, env=CHILD_ENV)
         pin(self.process.pid, SERVER_CPU)
         try:
-            wait_ready(f"http://127.0.0.1:{port}/health")
+            wait_ready(f"{self.base}/health")
         except RuntimeError:
             self.stop()
             raise RuntimeError(f"{name} did not start: {log.read_text()[-2000:]}") from None
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether sockets carry a token (and so are greeted with `connected`)."""
+        return bool(self.tokens)
+
+    def headers(self, index: int) -> dict[str, str]:
+        """The upgrade headers of socket `index`."""
+        if not self.tokens:
+            return {}
+        return {"Authorization": f"Bearer {self.tokens[index % len(self.tokens)]}"}
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it does not go in time."""
@@ -140,27 +170,51 @@ class Target:
                 self.process.wait()
 
 
-def start_osnova(workdir: Path, max_clients: int, log_level: str, uvloop: bool) -> Target:
-    """osnova-server with room for every benchmark connection and no rate limit in the way."""
+def start_osnova(workdir: Path, most_idle: int, log_level: str, uvloop: bool) -> Target:
+    """osnova-server sized for every benchmark socket, with PAIRED_DEVICES devices paired on it."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = config_module.Config()
+    sockets = max(most_idle, PAIRED_DEVICES) + 100  # the warm-up sockets too, and closes in flight
+    per_device = max(config.server.max_clients_per_device, -(-sockets // PAIRED_DEVICES))
     config = config_module.replace(
-        config, "server", bind_address=f"127.0.0.1:{port}", state_dir=str(workdir / "state"), max_clients=max_clients,
+        config, "server", bind_address=f"127.0.0.1:{port}", state_dir=str(workdir / "state"), max_clients=sockets,
+        max_clients_per_device=per_device,
+    )
+    # The connection caps of web/connections.py, sized the same way: every socket comes from 127.0.0.1.
+    config = config_module.replace(
+        config, "limits", max_connections=sockets + 100, max_connections_per_address=sockets + 100,
     )
     config = config_module.replace(config, "auth", jwt_secret=SECRET)
     # The log goes to a file, as a service's would; aiohttp's access log is off (BENCHMARKS.md).
     config = config_module.replace(
         config, "logging", level=log_level, format="json", file=str(workdir / "osnova.log"), access_log=False,
     )
-    # One admin token is one bucket: 50 busy sockets share it, so the limiter must not be the bound.
+    # Every message is charged to its device's bucket; the limit is only set above the load.
     config = config_module.replace(config, "rate_limit", requests_per_second=1e9, burst_size=10**9)
     path = workdir / "server.toml"
     config_module.write(config, path)
-    token = TokenAuthority(SECRET.encode(), 3600).issue(Scope.ADMIN, None)[0]
     runner = ["-m", "osnova_server"] if uvloop else ["-c", WITHOUT_UVLOOP]
     argv = [sys.executable, *runner, "--config", str(path), "serve"]
-    return Target("osnova /ws", argv, port, {"Authorization": f"Bearer {token}"}, workdir / "server.log")
+    target = Target("osnova /ws", argv, port, workdir / "server.log")
+    try:
+        admin = TokenAuthority(SECRET.encode(), 3600).issue(Scope.ADMIN, None)[0]
+        target.tokens = run_async(pair_devices(target.base, admin, PAIRED_DEVICES))
+    except BaseException:
+        target.stop()
+        raise
+    return target
+
+
+async def pair_devices(base: str, admin_token: str, count: int) -> list[str]:
+    """Pair `count` devices the way a phone does; their access tokens."""
+    async with OsnovaClient(base, admin_token) as admin, OsnovaClient(base) as anonymous:
+        tokens = []
+        for number in range(count):
+            payload = await admin.call("pairing.start", {"name": f"bench phone {number}"})
+            grant = await anonymous.call("pairing.complete", {"token": payload["pairing"]["code"]})
+            tokens.append(str(grant["access_token"]))
+    return tokens
 
 
 def start_echo(workdir: Path, uvloop: bool) -> Target:
@@ -168,7 +222,7 @@ def start_echo(workdir: Path, uvloop: bool) -> Target:
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     argv = [sys.executable, __file__, "--echo", str(port), *(["--uvloop"] if uvloop else [])]
-    return Target("aiohttp echo", argv, port, {}, workdir / "echo.log")
+    return Target("aiohttp echo", argv, port, workdir / "echo.log")
 
 
 def serve_echo(port: int, uvloop: bool) -> None:
@@ -216,8 +270,8 @@ async def round_trips(target: Target, connections: int, duration: float) -> Roun
     """Round trips per second over `connections` sockets for `duration` seconds, and their latency."""
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
-        sockets = [await session.ws_connect(target.url, headers=target.headers) for _ in range(connections)]
-        if "Authorization" in target.headers:
+        sockets = [await session.ws_connect(target.url, headers=target.headers(i)) for i in range(connections)]
+        if target.authenticated:
             for ws in sockets:
                 await ws.receive()  # `connected`
         counts = [0] * connections
@@ -259,20 +313,22 @@ async def idle_memory(target: Target, count: int) -> float:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         # Warm the code paths (and the allocator) first, so the delta is the sockets alone.
-        warm = [await session.ws_connect(target.url, headers=target.headers) for _ in range(20)]
+        warm = [await session.ws_connect(target.url, headers=target.headers(i)) for i in range(20)]
         await asyncio.gather(*(ws.close() for ws in warm))
         await asyncio.sleep(0.5)
         before = rss_bytes(target.process.pid)
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
-        async def open_one() -> aiohttp.ClientWebSocketResponse:
+        async def open_one(index: int) -> aiohttp.ClientWebSocketResponse:
             async with gate:
-                ws = await session.ws_connect(target.url, headers=target.headers, heartbeat=None)
-                if "Authorization" in target.headers:
-                    await ws.receive()  # `connected`: it is authenticated and holds a slot
+                ws = await session.ws_connect(target.url, headers=target.headers(index), heartbeat=None)
+                if target.authenticated:
+                    hello = await ws.receive()  # `connected`: it is authenticated and holds a slot
+                    if hello.type is not aiohttp.WSMsgType.TEXT or '"connected"' not in hello.data:
+                        raise RuntimeError(f"{target.name}: socket {index} was not admitted: {hello}")
                 return ws
 
-        sockets = await asyncio.gather(*(open_one() for _ in range(count)))
+        sockets = await asyncio.gather(*(open_one(i) for i in range(count)))
         await asyncio.sleep(1.0)
         after = rss_bytes(target.process.pid)
         await asyncio.gather(*(ws.close() for ws in sockets))
@@ -318,7 +374,7 @@ def main() -> int:
             workdir = Path(tmp) / f"round{round_number}"
             starts: list[Callable[[], Target]] = [
                 functools.partial(start_echo, workdir, args.uvloop),
-                functools.partial(start_osnova, workdir, most + 100, args.log_level, args.uvloop),
+                functools.partial(start_osnova, workdir, most, args.log_level, args.uvloop),
             ]
             if round_number % 2:
                 starts.reverse()
