@@ -24,9 +24,10 @@ NOT_FOR_VERSION: Final = (
     "osnova_server.server", "osnova_server.services.admin_sessions", "osnova_server.cli.admin",
     "osnova_server.cli.migrate", "osnova_server.cli.status", "osnova_server.cli.devices",
 )
-# What importing the server must not import: optional features load when configured or used.
+# What importing the server must not import: optional features load when configured or used, and
+# jsonschema when the first manifest is checked.
 NOT_FOR_SERVER: Final = (
-    "qrcode", "zeroconf", "redis", "asyncpg", "opentelemetry", "shtab", "pyinstrument",
+    "qrcode", "zeroconf", "redis", "asyncpg", "opentelemetry", "shtab", "pyinstrument", "jsonschema",
     "osnova_server.cluster", "osnova_server.tracing_sdk", "osnova_server.cli.admin", "osnova_server.cli.status",
 )
 
