@@ -156,19 +156,29 @@ def osnova_config(state_dir: Path, port: int, access_log: bool) -> Path:
     return path
 
 
-def start_osnova(workdir: Path, stack: Stack, name: str = "osnova", access_log: bool = False) -> tuple[Process, Path, float]:
-    """Start osnova-server; return it (with an admin token), its config path and its start-to-ready seconds."""
+def launch_osnova(workdir: Path, stack: Stack, name: str = "osnova", access_log: bool = False,
+                  env: dict[str, str] = CHILD_ENV) -> tuple[Process, Path, float]:
+    """Start osnova-server (importing it as `env` says) and wait for /health; its start-to-ready seconds."""
     state = Path(tempfile.mkdtemp(prefix="state-", dir=workdir))
     port = free_port()
     config_path = osnova_config(state, port, access_log)
     started = time.perf_counter()
-    popen = subprocess.Popen(pinned(SERVER_CPU, osnova_argv(stack, config_path, "serve")), env=CHILD_ENV,
+    popen = subprocess.Popen(pinned(SERVER_CPU, osnova_argv(stack, config_path, "serve")), env=env,
                              stdout=subprocess.DEVNULL, stderr=(state / "stderr.log").open("wb"))
     url = f"http://127.0.0.1:{port}"
     process = Process(name, url, popen)
     try:
         wait_ready(f"{url}/health", popen)
-        ready = time.perf_counter() - started
+    except BaseException:
+        process.stop()
+        raise
+    return process, config_path, time.perf_counter() - started
+
+
+def start_osnova(workdir: Path, stack: Stack, name: str = "osnova", access_log: bool = False) -> tuple[Process, Path, float]:
+    """Start osnova-server; return it (with an admin token), its config path and its start-to-ready seconds."""
+    process, config_path, ready = launch_osnova(workdir, stack, name, access_log)
+    try:
         process.token = cli(config_path, "token", "--ttl", "7200").strip()
     except BaseException:
         process.stop()
@@ -391,36 +401,32 @@ def health_under_argon2(args: argparse.Namespace, workdir: Path, stack: Stack) -
     return row
 
 
+def version_seconds(stack: Stack, env: dict[str, str] = CHILD_ENV) -> float:
+    """Seconds `osnova-server version` takes, start to exit, importing osnova_server as `env` says."""
+    argv = [sys.executable, "-m", "osnova_server"] if stack.uvloop else [sys.executable, "-c", WITHOUT_UVLOOP]
+    started = time.perf_counter()
+    subprocess.run([*argv, "version"], env=env, check=True, capture_output=True, timeout=30)
+    return time.perf_counter() - started
+
+
 def start_times(workdir: Path, stack: Stack) -> tuple[float, float]:
     """Median start-to-ready of `serve` and median run time of `osnova-server version`."""
     ready = []
     for _ in range(STARTS):
-        process, _, seconds = start_osnova(workdir, stack)
+        process, _, seconds = launch_osnova(workdir, stack)
         process.stop()
         ready.append(seconds)
-    version = []
-    for _ in range(STARTS):
-        started = time.perf_counter()
-        argv = [sys.executable, "-m", "osnova_server"] if stack.uvloop else [sys.executable, "-c", WITHOUT_UVLOOP]
-        subprocess.run([*argv, "version"], env=CHILD_ENV, check=True, capture_output=True, timeout=30)
-        version.append(time.perf_counter() - started)
+    version = [version_seconds(stack) for _ in range(STARTS)]
     return statistics.median(ready), statistics.median(version)
 
 
-def ws_rows(args: argparse.Namespace, stack: Stack) -> list[Row]:
-    """The WebSocket cases from bench/ws_bench.py (round trips, and memory per idle socket)."""
-    script = BENCH / "ws_bench.py"
-    if not script.exists():
-        return []
-    # Level info: every call writes its audit line, as in the HTTP cases.
-    argv = [sys.executable, str(script), "--json", "--rounds", str(args.rounds), "--idle", args.idle,
-            "--log-level", "info"]
-    if stack.uvloop:
-        argv.append("--uvloop")
+def child_rows(script: str, options: list[str], stack: Stack, failed_case: str) -> list[Row]:
+    """Run a sibling benchmark with `--json` and turn the rows on its last line into table rows."""
+    argv = [sys.executable, str(BENCH / script), "--json", *options]
     done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=1200, env=CHILD_ENV)
     if done.returncode != 0 or not done.stdout.strip():
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return [Row("WebSocket cases", stack.name, "-", note=f"ws_bench.py failed: {tail}")]
+        return [Row(failed_case, stack.name, "-", note=f"{script} failed: {tail}")]
     rows = []
     for item in json.loads(done.stdout.strip().splitlines()[-1]):
         row = Row(item["case"], stack.name, item["server"], unit=item.get("unit", "req/s"), note=item.get("note", ""))
@@ -431,19 +437,19 @@ def ws_rows(args: argparse.Namespace, stack: Stack) -> list[Row]:
     return rows
 
 
+def ws_rows(args: argparse.Namespace, stack: Stack) -> list[Row]:
+    """The WebSocket cases from bench/ws_bench.py (round trips, and memory per idle socket)."""
+    # Level info: every call writes its audit line, as in the HTTP cases.
+    options = ["--rounds", str(args.rounds), "--idle", args.idle, "--log-level", "info"]
+    if stack.uvloop:
+        options.append("--uvloop")
+    return child_rows("ws_bench.py", options, stack, "WebSocket cases")
+
+
 def attack_rows(args: argparse.Namespace, stack: Stack) -> list[Row]:
     """The trivial call's p99, quiet and while 127.0.0.2 holds slow connections (bench/under_attack.py)."""
-    argv = [sys.executable, str(BENCH / "under_attack.py"), "--json", "--rounds", str(args.rounds),
-            "--duration", str(args.duration), "--stacks", stack.name]
-    done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=1200, env=CHILD_ENV)
-    if done.returncode != 0 or not done.stdout.strip():
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return [Row("trivial call p99, under attack", stack.name, "-", note=f"under_attack.py failed: {tail}")]
-    rows = []
-    for item in json.loads(done.stdout.strip().splitlines()[-1]):
-        rows.append(Row(item["case"], stack.name, item["server"], rps=[item["rate"]], p50=[item["p50_ms"]],
-                        p99=[item["p99_ms"]], cpu_us=[item["cpu_us"]], note=item["note"]))
-    return rows
+    options = ["--rounds", str(args.rounds), "--duration", str(args.duration), "--stacks", stack.name]
+    return child_rows("under_attack.py", options, stack, "trivial call p99, under attack")
 
 
 def main() -> int:

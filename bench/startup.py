@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -31,28 +29,9 @@ def child_env(checkout: Path) -> dict[str, str]:
 
 def start_to_ready(checkout: Path, stack: run.Stack, workdir: Path) -> float:
     """Seconds from starting `serve` to the first 200 from /health."""
-    state = Path(tempfile.mkdtemp(prefix="state-", dir=workdir))
-    port = run.free_port()
-    config_path = run.osnova_config(state, port, access_log=False)
-    started = time.perf_counter()
-    popen = subprocess.Popen(run.pinned(run.SERVER_CPU, run.osnova_argv(stack, config_path, "serve")),
-                             env=child_env(checkout), stdout=subprocess.DEVNULL,
-                             stderr=(state / "stderr.log").open("wb"))
-    process = run.Process("osnova", f"http://127.0.0.1:{port}", popen)
-    try:
-        run.wait_ready(f"{process.url}/health", popen)
-        return time.perf_counter() - started
-    finally:
-        process.stop()
-
-
-def version_time(checkout: Path, stack: run.Stack) -> float:
-    """Seconds `osnova-server version` takes, start to exit."""
-    argv = [sys.executable, "-m", "osnova_server"] if stack.uvloop else [sys.executable, "-c", run.WITHOUT_UVLOOP]
-    started = time.perf_counter()
-    subprocess.run([*argv, "version"], env=child_env(checkout), check=True,
-                   capture_output=True, timeout=30)
-    return time.perf_counter() - started
+    process, _, seconds = run.launch_osnova(workdir, stack, env=child_env(checkout))
+    process.stop()
+    return seconds
 
 
 def main() -> int:
@@ -72,7 +51,7 @@ def main() -> int:
                 for checkout in checkouts:
                     key = (checkout, stack.name)
                     ready.setdefault(key, []).append(start_to_ready(checkout, stack, Path(tmp)))
-                    version.setdefault(key, []).append(version_time(checkout, stack))
+                    version.setdefault(key, []).append(run.version_seconds(stack, child_env(checkout)))
     for (checkout, stack_name), times in ready.items():
         print(f"{checkout} {stack_name}: start to ready {statistics.median(times) * 1000:.0f} ms "
               f"(min {min(times) * 1000:.0f}), version {statistics.median(version[checkout, stack_name]) * 1000:.0f} ms "
