@@ -24,7 +24,7 @@ GROUPS: Final = ("setup", "serve", "migrate", "status", "rpc", "devices", "apps"
 # Which group module adds each command. This is the one place that says why the CLI imports
 # lazily: a command needs only its own module, so `serve` and `version` do not pay for the
 # imports of the other twelve (asyncio, ssl, the admin sessions...). `--help`, a mistyped
-# command and `completion` still build the whole parser. tests/test_cli.py checks this table
+# command and `completion` still build the whole parser. tests/test_startup_imports.py checks this table
 # against what the modules register.
 COMMANDS: Final = {
     "init": "setup", "check-config": "setup", "serve": "serve", "version": "serve", "migrate": "migrate",
