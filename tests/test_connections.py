@@ -20,7 +20,14 @@ import pytest
 
 from osnova_server import config as config_module
 from osnova_server.security.tls import generate_self_signed
-from osnova_server.web.connections import RESERVED_DESCRIPTORS, ConnectionLimits, LogThrottle, plain_address
+from osnova_server.web.connections import (
+    LISTEN_BACKLOG,
+    RESERVED_DESCRIPTORS,
+    ConnectionLimits,
+    LogThrottle,
+    listening_socket,
+    plain_address,
+)
 from tests.clock import FakeClock
 from tests.conftest import ServerProcess, cli, free_port, make_config, running_server, write_config
 
@@ -174,6 +181,38 @@ async def test_on_asyncios_loop_connections_past_the_address_cap_are_reset_at_ac
         finally:
             for sock in held:
                 sock.close()
+
+
+def test_accept_stops_after_a_listen_backlog_of_refusals_and_leaves_the_rest_queued() -> None:
+    # The event loop calls accept() until it raises BlockingIOError; a flood of refused
+    # connections must end that loop after LISTEN_BACKLOG of them, or it would hold the loop.
+    limits = ConnectionLimits(max_total=0, max_per_address=10)  # every connection is past a cap
+    listener = listening_socket("127.0.0.1", 0, limits)
+    assert listener is not None
+    listener.listen(LISTEN_BACKLOG * 2)
+    port = listener.getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(LISTEN_BACKLOG + 2)]
+    for client in clients:
+        client.setblocking(False)
+    try:
+        with pytest.raises(BlockingIOError, match="refused a listen backlog"):
+            listener.accept()
+        # The first LISTEN_BACKLOG were reset there and then; the last two wait in the queue.
+        deadline = time.monotonic() + WAIT
+        while sum(_closed_by_peer(c) for c in clients) < LISTEN_BACKLOG and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [_closed_by_peer(c) for c in clients] == [True] * LISTEN_BACKLOG + [False, False]
+        limits.max_total = 10  # room again: the next accept hands over the next queued connection
+        conn, address = listener.accept()
+        with conn:
+            assert address[0] == "127.0.0.1"
+            conn.sendall(b"x")
+            clients[LISTEN_BACKLOG].settimeout(WAIT)
+            assert clients[LISTEN_BACKLOG].recv(1) == b"x"
+    finally:
+        for client in clients:
+            client.close()
+        listener.close()
 
 
 def test_connection_limits_count_per_address_and_exempt_trusted_proxies() -> None:
