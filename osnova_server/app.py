@@ -13,20 +13,13 @@ from osnova_server.rpc.methods import load_registry
 from osnova_server.runtime import Runtime, open_runtime
 from osnova_server.tracing import make_dispatcher
 from osnova_server.web.admin import setup_admin
-from osnova_server.web.auth import setup_auth
-from osnova_server.web.ban import setup_ban
-from osnova_server.web.body import setup_body
 from osnova_server.web.cors import setup_cors
-from osnova_server.web.errors import setup_errors
-from osnova_server.web.forwarded import setup_forwarded
 from osnova_server.web.headers import setup_headers
-from osnova_server.web.host import setup_host
 from osnova_server.web.keys import STATE_KEY, ServerState
 from osnova_server.web.metrics import setup_metrics
-from osnova_server.web.origin import setup_origin
+from osnova_server.web.pipeline import setup_pipeline
 from osnova_server.web.routes import setup_routes
 from osnova_server.web.rpc_view import openrpc_view, rpc_view
-from osnova_server.web.timeouts import setup_timeouts
 from osnova_server.web.tracing import setup_tracing
 from osnova_server.web.websocket import setup_websocket
 
@@ -53,10 +46,10 @@ def create_app(config: Config) -> web.Application:
     state = ServerState(metrics)
     app[STATE_KEY] = state
 
-    # Middleware order, outermost first, and why:
+    # The request checks, in the order web/pipeline.py runs them (one middleware), and why:
     # timeouts  - stops the connection's header clock the moment a request starts, whatever
     #             answers it (and starts it again once the answer is out);
-    # errors    - shapes every refusal below it (and any bug) into a JSON answer;
+    # errors    - shapes every refusal after it (and any bug) into a JSON answer;
     # forwarded - decides the client address that the ban list, limiter and audit log key on;
     # host      - 421 for a Host this server is not (DNS rebinding), before anything can run;
     # origin    - 403 for a foreign web page on /rpc and /ws, before the token is looked at (the
@@ -69,14 +62,7 @@ def create_app(config: Config) -> web.Application:
     # CORS (aiohttp-cors) is a response hook plus OPTIONS routes, not a middleware, so it is set
     # up after every route exists; rate limiting is charged in the /rpc and /ws handlers because
     # a batch costs one token per member.
-    setup_timeouts(app)
-    setup_errors(app)
-    setup_forwarded(app, config.server.trusted_proxies)
-    setup_host(app)
-    setup_origin(app)
-    setup_ban(app)
-    setup_auth(app)
-    setup_body(app)
+    setup_pipeline(app, config.server.trusted_proxies)
     setup_headers(app)
     if config.tracing.enabled:
         setup_tracing(app)

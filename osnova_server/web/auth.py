@@ -7,15 +7,17 @@ public methods.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Handler
 
 from osnova_server.logs import audit
 from osnova_server.security.tokens import TokenInvalid
 from osnova_server.web.errors import json_error
-from osnova_server.web.keys import CLAIMS_KEY, REMOTE_KEY, STATE_KEY, TOKEN_KEY
+from osnova_server.web.keys import CLAIMS_KEY, REMOTE_KEY, TOKEN_KEY
+
+if TYPE_CHECKING:
+    from osnova_server.runtime import Runtime
 
 PROTECTED_PATHS: Final = frozenset({"/rpc", "/ws"})
 CHALLENGE: Final = {"WWW-Authenticate": "Bearer"}
@@ -26,35 +28,29 @@ def unauthorized(message: str) -> web.Response:
     return json_error(401, message, CHALLENGE)
 
 
-def setup_auth(app: web.Application) -> None:
-    """Install the middleware that verifies bearer tokens on the protected paths."""
-
-    @web.middleware
-    async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        header = request.headers.get(hdrs.AUTHORIZATION)
-        if header is None or request.path not in PROTECTED_PATHS or request.method == hdrs.METH_OPTIONS:
-            request[CLAIMS_KEY] = None
-            request[TOKEN_KEY] = None
-            return await handler(request)
-        runtime = request.app[STATE_KEY].runtime
-        scheme, _, token = header.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            audit("auth", outcome="refused", reason="not a bearer token", remote=request[REMOTE_KEY])
-            runtime.record_auth_failure(request[REMOTE_KEY], "authorization_header")
-            return unauthorized("the Authorization header must be `Bearer <token>`")
+async def authenticate(request: web.Request, runtime: Runtime) -> web.Response | None:
+    """Set the request's claims and token (None without a header); the 401 answer for a bad token."""
+    header = request.headers.get(hdrs.AUTHORIZATION)
+    if header is None or request.path not in PROTECTED_PATHS or request.method == hdrs.METH_OPTIONS:
+        request[CLAIMS_KEY] = None
+        request[TOKEN_KEY] = None
+        return None
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        audit("auth", outcome="refused", reason="not a bearer token", remote=request[REMOTE_KEY])
+        runtime.record_auth_failure(request[REMOTE_KEY], "authorization_header")
+        return unauthorized("the Authorization header must be `Bearer <token>`")
+    try:
         try:
-            try:
-                claims = runtime.tokens.verify(token)
-            except TokenInvalid as err:
-                claims = await runtime.verify_again(token, err)  # paired on another process just now?
+            claims = runtime.tokens.verify(token)
         except TokenInvalid as err:
-            audit("auth", outcome="refused", reason=err.reason, remote=request[REMOTE_KEY])
-            runtime.record_auth_failure(request[REMOTE_KEY], "access_token")
-            return unauthorized(f"invalid access token: {err.reason}")
-        request[CLAIMS_KEY] = claims
-        request[TOKEN_KEY] = token
-        runtime.record_seen(claims)
-        return await handler(request)
-
-    app.middlewares.append(auth_middleware)
+            claims = await runtime.verify_again(token, err)  # paired on another process just now?
+    except TokenInvalid as err:
+        audit("auth", outcome="refused", reason=err.reason, remote=request[REMOTE_KEY])
+        runtime.record_auth_failure(request[REMOTE_KEY], "access_token")
+        return unauthorized(f"invalid access token: {err.reason}")
+    request[CLAIMS_KEY] = claims
+    request[TOKEN_KEY] = token
+    runtime.record_seen(claims)
+    return None

@@ -15,12 +15,10 @@ import math
 from typing import TYPE_CHECKING, Final
 
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Handler
 
 from osnova_server.security.tokens import Scope, TokenInvalid
 from osnova_server.timestamps import from_epoch
 from osnova_server.web.errors import json_error
-from osnova_server.web.keys import REMOTE_KEY, STATE_KEY
 
 if TYPE_CHECKING:
     from osnova_server.runtime import Runtime
@@ -47,22 +45,15 @@ def _holds_admin_token(request: web.Request, runtime: Runtime) -> bool:
         return False
 
 
-def setup_ban(app: web.Application) -> None:
-    """Install the middleware that turns banned addresses away before anything else runs."""
-
-    @web.middleware
-    async def ban_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        runtime = request.app[STATE_KEY].runtime
-        remote = request[REMOTE_KEY]
-        ban = runtime.bans.banned(remote)
-        if ban is None or (_is_loopback(remote) and _holds_admin_token(request, runtime)):
-            return await handler(request)
-        wait = max(1, math.ceil(ban.banned_until - runtime.bans.clock()))
-        return json_error(
-            403,
-            f"{remote} is banned until {from_epoch(ban.banned_until)} after too many failed "
-            f"authentications; the server's administrator can lift it with `osnova-server bans lift {remote}`",
-            {"Retry-After": str(wait)},
-        )
-
-    app.middlewares.append(ban_middleware)
+def ban_refusal(request: web.Request, runtime: Runtime, remote: str) -> web.Response | None:
+    """The 403 answer for a request from the banned address `remote`, else None."""
+    ban = runtime.bans.banned(remote)
+    if ban is None or (_is_loopback(remote) and _holds_admin_token(request, runtime)):
+        return None
+    wait = max(1, math.ceil(ban.banned_until - runtime.bans.clock()))
+    return json_error(
+        403,
+        f"{remote} is banned until {from_epoch(ban.banned_until)} after too many failed "
+        f"authentications; the server's administrator can lift it with `osnova-server bans lift {remote}`",
+        {"Retry-After": str(wait)},
+    )

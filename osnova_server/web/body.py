@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestPayloadError
 
 from osnova_server.web.errors import json_error
-from osnova_server.web.keys import STATE_KEY
+
+if TYPE_CHECKING:
+    from osnova_server.runtime import Runtime
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -38,32 +39,26 @@ def unsupported_encoding(value: str) -> bool:
     return any(coding not in ("", IDENTITY) for coding in codings)
 
 
-def setup_body(app: web.Application) -> None:
-    """Install the middleware that checks and reads request bodies."""
-    state = app[STATE_KEY]
-
-    @web.middleware
-    async def body_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not request.body_exists:
-            return await handler(request)
-        encoding = request.headers.get(hdrs.CONTENT_ENCODING)
-        if encoding is not None and unsupported_encoding(encoding):
-            return _closing(json_error(
-                415, f"request bodies must not be compressed (Content-Encoding: {encoding[:40]}); send plain JSON",
-            ))
-        timeout = state.runtime.config.limits.body_timeout
-        try:
-            if request.content.is_eof():  # it came with the headers (most do): no clock needed
+async def read_body(request: web.Request, runtime: Runtime) -> web.Response | None:
+    """Read the request's body, if it has one, within its time; the refusal if it cannot be."""
+    if not request.body_exists:
+        return None
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING)
+    if encoding is not None and unsupported_encoding(encoding):
+        return _closing(json_error(
+            415, f"request bodies must not be compressed (Content-Encoding: {encoding[:40]}); send plain JSON",
+        ))
+    timeout = runtime.config.limits.body_timeout
+    try:
+        if request.content.is_eof():  # it came with the headers (most do): no clock needed
+            await request.read()
+        else:
+            async with asyncio.timeout(timeout):
                 await request.read()
-            else:
-                async with asyncio.timeout(timeout):
-                    await request.read()
-        except TimeoutError:
-            _LOGGER.debug("%s sent no whole body within %g s", request.remote, timeout)
-            return _closing(json_error(408, f"the request body did not arrive within {timeout:g} s; send it at once"))
-        except (ConnectionError, RequestPayloadError) as err:
-            _LOGGER.debug("%s left in the middle of its request body: %s", request.remote, err)
-            return _closing(json_error(400, "the request body ended early"))
-        return await handler(request)
-
-    app.middlewares.append(body_middleware)
+    except TimeoutError:
+        _LOGGER.debug("%s sent no whole body within %g s", request.remote, timeout)
+        return _closing(json_error(408, f"the request body did not arrive within {timeout:g} s; send it at once"))
+    except (ConnectionError, RequestPayloadError) as err:
+        _LOGGER.debug("%s left in the middle of its request body: %s", request.remote, err)
+        return _closing(json_error(400, "the request body ended early"))
+    return None

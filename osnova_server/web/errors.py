@@ -1,4 +1,7 @@
-"""Turn every refusal and failure into a JSON answer; never a traceback, never an HTML page."""
+"""Turn every refusal and failure into a JSON answer; never a traceback, never an HTML page.
+
+web/pipeline.py wraps every check below this one and the handler in the two answers here.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import logging
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -24,20 +26,18 @@ def _explanation(err: web.HTTPException) -> str:
     return text
 
 
-def setup_errors(app: web.Application) -> None:
-    """Install the outermost middleware, which shapes every error answer."""
+def refusal_answer(err: web.HTTPException) -> web.Response | None:
+    """The JSON form of a refusal raised below; None for what goes out as raised (redirects, JSON)."""
+    if err.status < 400 or err.content_type == "application/json":
+        return None
+    headers = {k: v for k, v in err.headers.items() if k.lower() not in ("content-type", "content-length")}
+    return json_error(err.status, _explanation(err), headers)
 
-    @web.middleware
-    async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except web.HTTPException as err:
-            if err.status < 400 or err.content_type == "application/json":
-                raise
-            headers = {k: v for k, v in err.headers.items() if k.lower() not in ("content-type", "content-length")}
-            return json_error(err.status, _explanation(err), headers)
-        except Exception:
-            _LOGGER.exception("unhandled error serving %s %s", request.method, request.path)
-            return json_error(500, "Internal Server Error")
 
-    app.middlewares.append(errors_middleware)
+def failure_answer(request: web.BaseRequest) -> web.Response:
+    """Log the error being handled (a bug) with its traceback; the client gets a bare 500.
+
+    Call it from the `except` block: the traceback logged is the one being handled.
+    """
+    _LOGGER.exception("unhandled error serving %s %s", request.method, request.path)
+    return json_error(500, "Internal Server Error")

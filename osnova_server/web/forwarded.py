@@ -11,7 +11,6 @@ import ipaddress
 from collections.abc import Sequence
 
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Handler
 
 from osnova_server.web.connections import plain_address
 from osnova_server.web.keys import REMOTE_KEY
@@ -43,16 +42,18 @@ def client_address(peer: str, forwarded_for: str | None, proxies: Sequence[Netwo
     return hops[0] if hops else peer
 
 
-def setup_forwarded(app: web.Application, trusted_proxies: Sequence[str]) -> None:
-    """Install the middleware that sets `request[REMOTE_KEY]`."""
-    proxies = [ipaddress.ip_network(proxy, strict=False) for proxy in trusted_proxies]
+class ClientAddress:
+    """Settles `request[REMOTE_KEY]` for each request, given the configured trusted proxies."""
 
-    @web.middleware
-    async def forwarded_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    __slots__ = ("_proxies",)
+
+    def __init__(self, trusted_proxies: Sequence[str]) -> None:
+        self._proxies = [ipaddress.ip_network(proxy, strict=False) for proxy in trusted_proxies]
+
+    def settle(self, request: web.BaseRequest) -> str:
+        """Set and return the client address of `request`."""
         peer = plain_address(request.remote or "unknown")
-        if proxies:
-            peer = client_address(peer, request.headers.get(hdrs.X_FORWARDED_FOR), proxies)
+        if self._proxies:
+            peer = client_address(peer, request.headers.get(hdrs.X_FORWARDED_FOR), self._proxies)
         request[REMOTE_KEY] = peer
-        return await handler(request)
-
-    app.middlewares.append(forwarded_middleware)
+        return peer

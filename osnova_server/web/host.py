@@ -18,7 +18,6 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Handler
 
 from osnova_server.events import CONFIG_CHANGED, Event
 from osnova_server.services.settings import SERVER_ADDRESS_KEY
@@ -109,8 +108,8 @@ class HostNames:
             self.stored = address_host(value if isinstance(value, str) else None)
 
 
-def setup_host(app: web.Application) -> None:
-    """Install the middleware that answers 421 to requests for a host this server is not."""
+def setup_host(app: web.Application) -> Callable[[web.Request], web.Response | None]:
+    """Follow the advertised address from startup on; return the check that answers 421 to other hosts."""
     state = app[STATE_KEY]
     names = HostNames(machine_names())
     unlisten: list[Callable[[], None]] = []
@@ -127,19 +126,19 @@ def setup_host(app: web.Application) -> None:
     app.on_startup.append(start)
     app.on_shutdown.append(stop)
 
-    @web.middleware
-    async def host_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def host_refusal(request: web.Request) -> web.Response | None:
+        """The 421 answer for a request that names a host this server is not, else None."""
         header = request.headers.get(hdrs.HOST)
         if header is None:
-            return await handler(request)
+            return None
         server = state.runtime.config.server
         host = host_name(header)
         if names.allows(host, server.advertised_address, server.allowed_hosts):
-            return await handler(request)
+            return None
         return json_error(
             421,
             f"this server does not answer to the host name {host[:_SHOWN_CHARS]!r}; use its IP address "
             "or add the name to [server] allowed_hosts",
         )
 
-    app.middlewares.append(host_middleware)
+    return host_refusal

@@ -11,14 +11,15 @@ apps, the CLI) are not affected; preflights (OPTIONS) are aiohttp-cors's to answ
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Handler
 
 from osnova_server.web.cors import ANY_ORIGIN
 from osnova_server.web.errors import json_error
-from osnova_server.web.keys import STATE_KEY
+
+if TYPE_CHECKING:
+    from osnova_server.runtime import Runtime
 
 CHECKED_PATHS: Final = frozenset({"/rpc", "/ws"})
 _SHOWN_CHARS: Final = 100
@@ -32,22 +33,16 @@ def origin_allowed(origin: str, own: str, allowed: Sequence[str]) -> bool:
     return any(entry == ANY_ORIGIN or entry.rstrip("/").lower() == origin for entry in allowed)
 
 
-def setup_origin(app: web.Application) -> None:
-    """Install the middleware that refuses cross-origin calls and upgrades with 403."""
-    state = app[STATE_KEY]
-
-    @web.middleware
-    async def origin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        origin = request.headers.get(hdrs.ORIGIN)
-        if origin is None or request.path not in CHECKED_PATHS or request.method == hdrs.METH_OPTIONS:
-            return await handler(request)
-        own = f"{request.scheme}://{request.host}"
-        if origin_allowed(origin, own, state.runtime.config.cors.allowed_origins):
-            return await handler(request)
-        return json_error(
-            403,
-            f"web pages from {origin[:_SHOWN_CHARS]} may not call this server; if you trust that page, "
-            "add its origin to [cors] allowed_origins",
-        )
-
-    app.middlewares.append(origin_middleware)
+def origin_refusal(request: web.Request, runtime: Runtime) -> web.Response | None:
+    """The 403 answer for a cross-origin call or upgrade on /rpc or /ws, else None."""
+    origin = request.headers.get(hdrs.ORIGIN)
+    if origin is None or request.path not in CHECKED_PATHS or request.method == hdrs.METH_OPTIONS:
+        return None
+    own = f"{request.scheme}://{request.host}"
+    if origin_allowed(origin, own, runtime.config.cors.allowed_origins):
+        return None
+    return json_error(
+        403,
+        f"web pages from {origin[:_SHOWN_CHARS]} may not call this server; if you trust that page, "
+        "add its origin to [cors] allowed_origins",
+    )

@@ -1,7 +1,7 @@
 """POST /rpc: JSON-RPC 2.0 over HTTP; and GET /openrpc.json, the document `rpc.discover` answers.
 
-The order of checks is the contract's: the token was verified by the auth middleware before the
-body was read; then the body is read within its size limit and parsed whatever its Content-Type;
+The order of checks is the contract's: the token was verified by the auth check (web/pipeline.py)
+before the body was read; then the body is read within its size limit and parsed whatever its Content-Type;
 an anonymous caller that names any non-public method gets 401 and nothing runs; the rate limiter
 charges one token per batch member; only then does anything run.
 """
