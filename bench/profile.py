@@ -37,9 +37,11 @@ OWNERS: Final = (
     ("metrics", ("osnova_server/metrics.py", "aioprometheus/")),
     ("rate limiter", ("osnova_server/web/ratelimit.py", "osnova_server/security/ratelimit.py")),
     ("token check", ("osnova_server/security/tokens.py",)),
-    ("middlewares: errors, forwarded, ban, auth", (
-        "osnova_server/web/errors.py", "osnova_server/web/forwarded.py", "osnova_server/web/ban.py",
-        "osnova_server/web/auth.py", "aiohttp/web_middlewares.py",
+    ("request checks (web/pipeline.py): timeouts, errors, forwarded, host, origin, ban, auth, body", (
+        "osnova_server/web/pipeline.py", "osnova_server/web/timeouts.py", "osnova_server/web/errors.py",
+        "osnova_server/web/forwarded.py", "osnova_server/web/host.py", "osnova_server/web/origin.py",
+        "osnova_server/web/ban.py", "osnova_server/web/auth.py", "osnova_server/web/body.py",
+        "aiohttp/web_middlewares.py",
     )),
     ("response hooks: CORS, security headers, HTTP count", (
         "osnova_server/web/cors.py", "aiohttp_cors/", "osnova_server/web/headers.py", "osnova_server/app.py",
