@@ -31,6 +31,14 @@ class TransportError(Exception):
         self.status = status
 
 
+class ServerUnreachable(TransportError):
+    """Nothing answered at the address: the connection was refused, reset or timed out."""
+
+
+class UntrustedCertificate(TransportError):
+    """The TLS handshake failed because the server presents a certificate the client does not trust."""
+
+
 class OsnovaClient:
     """Calls methods on one server with one token; use as an async context manager."""
 
@@ -76,11 +84,11 @@ class OsnovaClient:
                     except (ValueError, AttributeError):
                         reason = response.reason
                     raise TransportError(f"HTTP {response.status}: {reason}", response.status)
-                return codec.loads(body)
-        except aiohttp.ClientConnectionError as err:
-            raise TransportError(f"cannot reach {self.base_url}: {err}") from None
+                return self._decode(body)
+        except aiohttp.ClientError as err:
+            raise self._failure(err) from None
         except TimeoutError:
-            raise TransportError(f"no answer from {self.base_url} in time") from None
+            raise ServerUnreachable(f"no answer from {self.base_url} in time") from None
 
     async def get_json(self, path: str) -> Any:
         """GET a JSON route such as /status; any refusal or outage is a TransportError."""
@@ -88,11 +96,30 @@ class OsnovaClient:
             async with self._session.get(f"{self.base_url}{path}", headers=self._headers(), ssl=self.ssl) as response:
                 if response.status != 200:
                     raise TransportError(f"HTTP {response.status} from {path}", response.status)
-                return codec.loads(await response.read())
-        except aiohttp.ClientConnectionError as err:
-            raise TransportError(f"cannot reach {self.base_url}: {err}") from None
+                return self._decode(await response.read())
+        except aiohttp.ClientError as err:
+            raise self._failure(err) from None
         except TimeoutError:
-            raise TransportError(f"no answer from {self.base_url} in time") from None
+            raise ServerUnreachable(f"no answer from {self.base_url} in time") from None
+
+    def _decode(self, body: bytes) -> Any:
+        """A 200 answer's JSON; anything else on the port (a web page, another program) is a TransportError."""
+        try:
+            return codec.loads(body)
+        except ValueError:
+            raise TransportError(f"{self.base_url} did not answer with JSON; is another program on that port?") from None
+
+    def _failure(self, err: aiohttp.ClientError) -> TransportError:
+        """What an aiohttp failure means for the caller: no server, a TLS problem, or a broken answer."""
+        if isinstance(err, aiohttp.ClientConnectorCertificateError):
+            reason = getattr(err.certificate_error, "verify_message", None) or err.certificate_error
+            return UntrustedCertificate(f"TLS with {self.base_url} failed: {reason}")
+        if isinstance(err, aiohttp.ClientSSLError):
+            return TransportError(f"TLS with {self.base_url} failed: {err.os_error}; does it serve TLS?")
+        if isinstance(err, aiohttp.ClientConnectionError):
+            return ServerUnreachable(f"cannot reach {self.base_url}: {err}")
+        # A malformed answer (a bad status line, a body cut short): not an osnova-server, or one that died.
+        return TransportError(f"{self.base_url} did not answer as osnova-server does; is another program on that port?")
 
     async def call(self, method: str, params: Any = None) -> Any:
         """Call one method and return its result, raising RpcCallError on an error answer."""
@@ -100,7 +127,7 @@ class OsnovaClient:
         if params is not None:
             request["params"] = params
         answer = await self.post(request)
-        if not isinstance(answer, dict):
+        if not isinstance(answer, dict) or not ("result" in answer or isinstance(answer.get("error"), dict)):
             raise TransportError(f"{self.base_url} did not answer with a JSON-RPC response")
         if "error" in answer:
             error = answer["error"]

@@ -124,3 +124,49 @@ async def test_status_works_from_a_banned_loopback(tmp_path: Path) -> None:
         code, out, err = await _status(path)
         assert (code, err) == (0, "")
         assert out.startswith("osnova-server ")
+
+
+# A listener that is not osnova-server: each connection gets these bytes whatever it sends, then closed.
+FOREIGN_ANSWERS = {
+    "not http": b"SSH-2.0-OpenSSH_9.6\r\n",
+    "a web page": b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    "a body cut short": b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nConnection: close\r\n\r\nhello",
+    "json, not json-rpc": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n[]",
+}
+
+
+@pytest.mark.parametrize("answer", FOREIGN_ANSWERS.values(), ids=FOREIGN_ANSWERS.keys())
+async def test_status_when_another_program_holds_the_port_exits_1_in_one_line(tmp_path: Path, answer: bytes) -> None:
+    """Not a traceback, and not "is serve running?": something answered, and it is not osnova-server."""
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65_536)
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    config = server_config(tmp_path)
+    path = write_config(tmp_path / "server.toml", config)
+    listener = await asyncio.start_server(reply, "127.0.0.1", config.port)
+    async with listener:
+        for args in ((), ("--json",)):
+            code, out, err = await _status(path, *args)
+            assert (code, out) == (1, "")
+            assert err.startswith(f"osnova-server: http://127.0.0.1:{config.port} did not answer ")
+            assert err.count("\n") == 1 and "Traceback" not in err and "serve` running" not in err
+
+
+async def test_status_when_the_server_serves_another_certificate_says_so(tmp_path: Path) -> None:
+    """The CLI pins the configured certificate file; a server serving another one is running, not gone."""
+    config = server_config(tmp_path, tls=True)
+    other_cert, other_key = tmp_path / "other.crt", tmp_path / "other.key"
+    generate_self_signed(other_cert, other_key)  # e.g. `init --self-signed --force` while it runs
+    pinned = make_config(config.state_dir, server={"bind_address": config.server.bind_address},
+                         tls={"enabled": True, "cert_path": str(other_cert), "key_path": str(other_key)})
+    path = write_config(tmp_path / "server.toml", pinned)
+    async with running_server(config):
+        code, out, err = await _status(path)
+    assert (code, out) == (1, "")
+    assert err.startswith(f"osnova-server: TLS with https://127.0.0.1:{config.port} failed: ")
+    assert f"the CLI trusts only {other_cert}" in err
+    assert err.count("\n") == 1 and "Traceback" not in err and "serve` running" not in err

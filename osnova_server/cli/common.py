@@ -114,7 +114,7 @@ def with_server(config: Config, use: Callable[[OsnovaClient], Awaitable[T]], *, 
     """
     import asyncio
 
-    from osnova_server.client import RpcCallError, TransportError
+    from osnova_server.client import RpcCallError, ServerUnreachable, TransportError, UntrustedCertificate
 
     async def run() -> T:
         async with local_client(config) as client:
@@ -124,9 +124,15 @@ def with_server(config: Config, use: Callable[[OsnovaClient], Awaitable[T]], *, 
         return asyncio.run(run())
     except RpcCallError as err:
         raise CommandError(f"error {err.code}: {err.message}" if show_code else err.message) from None
+    except ServerUnreachable:
+        raise CommandError(f"cannot reach {local_url(config)}; is `{PROG} serve` running?") from None
+    except UntrustedCertificate as err:
+        # The server runs, but not with the certificate file the CLI pins (replaced and not reloaded?).
+        raise CommandError(
+            f"{err}; the CLI trusts only {config.tls.cert_path}: if it was replaced, reload the server "
+            "(`systemctl reload osnova-server`) or check [tls] in the config"
+        ) from None
     except TransportError as err:
-        if err.status is None:
-            raise CommandError(f"cannot reach {local_url(config)}; is `{PROG} serve` running?") from None
         raise CommandError(str(err)) from None
 
 
