@@ -55,3 +55,17 @@ def test_migrate_refuses_an_unreachable_postgresql_in_one_line(tmp_path: Path) -
     assert done.stderr.strip() == (
         f"osnova-server: cannot reach PostgreSQL at {url.replace(':hunter2', ':***')}; start it, or check [store] url"
     )
+
+
+def test_migrate_of_a_database_sqlite_cannot_open_is_one_line(tmp_path: Path) -> None:
+    """The one-line error and nothing after it: aiosqlite's worker must not report to a closed loop."""
+    state = tmp_path / "state"
+    (state / DATABASE_NAME).mkdir(parents=True)  # what SQLite cannot open, even for root
+    config = write_config(tmp_path / "server.toml", make_config(state))
+    for _ in range(3):  # the worker races asyncio.run's end: one run alone may be lucky
+        done = cli("--config", str(config), "migrate")
+        assert (done.returncode, done.stdout) == (1, "")
+        assert done.stderr == (
+            f"osnova-server: cannot open database {state / DATABASE_NAME}: unable to open database file; "
+            "restore a backup with `osnova-server restore FILE`\n"
+        )

@@ -113,7 +113,15 @@ class SqliteEngine:
     @classmethod
     async def open(cls, path: Path) -> SqliteEngine:
         """Open the database file (created if missing) in WAL mode with full sync."""
-        connection = await aiosqlite.connect(path, isolation_level=None)
+        connection = aiosqlite.connect(path, isolation_level=None)
+        try:
+            await connection
+        except Exception:
+            # aiosqlite stops its worker thread with a future nobody awaits (omnilib/aiosqlite#389):
+            # unless we wait for the thread, it reports to the loop after asyncio.run closed it,
+            # a traceback printed after the one-line error.
+            await asyncio.to_thread(connection._thread.join)
+            raise
         try:
             for pragma in _PRAGMAS:
                 await connection.execute(pragma)
