@@ -69,6 +69,8 @@ def test_rpc_errors_exit_1_with_the_message(served: Path, args: list[str], messa
 @pytest.mark.parametrize(("params", "why"), [
     ("not json", "PARAMS_JSON is not valid JSON"),
     ("{", "PARAMS_JSON is not valid JSON"),
+    ('["x", NaN]', "PARAMS_JSON is not valid JSON"),  # Python's json reads these; JSON has no such numbers
+    ('{"ttl": -Infinity}', "PARAMS_JSON is not valid JSON"),
     ("5", "PARAMS_JSON must be a JSON array or object"),
     ('"text"', "PARAMS_JSON must be a JSON array or object"),
 ])

@@ -29,7 +29,7 @@ def cmd_rpc(args: argparse.Namespace) -> int:
     params: Any = None
     if args.params is not None:
         try:
-            params = json.loads(args.params)
+            params = json.loads(args.params, parse_constant=_not_json)
         except ValueError as err:
             raise CommandError(f"PARAMS_JSON is not valid JSON ({err})", EXIT_USAGE) from None
         if not isinstance(params, (list, dict)):
@@ -37,6 +37,11 @@ def cmd_rpc(args: argparse.Namespace) -> int:
     result = call_server(load_config(args), args.method, params, show_code=True)
     print_json(result)
     return EXIT_OK
+
+
+def _not_json(word: str) -> Any:
+    """json.loads hook: Python reads NaN and Infinity, which JSON has not (and orjson would send as null)."""
+    raise ValueError(f"{word} is not a JSON number")
 
 
 def register(commands: Any) -> None:
