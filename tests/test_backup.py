@@ -217,6 +217,26 @@ def test_backup_of_a_state_dir_without_database_says_so(tmp_path: Path) -> None:
     assert not (tmp_path / "b.tar").exists()
 
 
+def test_backup_of_a_state_file_this_user_cannot_read_names_that_file(tmp_path: Path) -> None:
+    """Not "cannot write the backup ... check the directory": the output is fine, the state is not readable."""
+    import subprocess
+    import sys
+
+    config, path = _setup(tmp_path)
+    asyncio.run(_start_and_stop(config))
+    unreadable = tmp_path / "state" / "identity.pem"
+    unreadable.chmod(0)
+    # Root reads anything; without its capabilities it obeys file modes like the wrong user would.
+    prefix = ["setpriv", "--bounding-set=-all"] if os.geteuid() == 0 else []
+    result = subprocess.run([*prefix, sys.executable, "-m", "osnova_server", "--config", str(path), "backup",
+                             "--output", str(tmp_path / "b.tar")], capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"osnova-server: cannot read {unreadable} (Permission denied); run this as the server's user\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["server.toml", "state"]  # no leftovers
+
+
 # -- what restore refuses, and that nothing changed ---------------------------------------------
 
 

@@ -35,6 +35,12 @@ def cmd_backup(args: argparse.Namespace) -> int:
     except SnapshotError as err:
         raise CommandError(str(err)) from None
     except OSError as err:
+        culprit = Path(err.filename) if isinstance(err.filename, str) else None
+        # Writing touches only the output and write_backup's work dir beside it; any other file named is a source.
+        if culprit is not None and culprit != output.absolute() and not any(
+            part.startswith(".osnova-backup-") for part in culprit.parts
+        ):
+            raise CommandError(f"cannot read {culprit} ({err.strerror}); run this as the server's user") from None
         raise CommandError(
             f"cannot write the backup {output} ({err.strerror}); check the directory and free space"
         ) from None
