@@ -170,3 +170,43 @@ async def test_status_when_the_server_serves_another_certificate_says_so(tmp_pat
     assert err.startswith(f"osnova-server: TLS with https://127.0.0.1:{config.port} failed: ")
     assert f"the CLI trusts only {other_cert}" in err
     assert err.count("\n") == 1 and "Traceback" not in err and "serve` running" not in err
+
+
+def _loopback_alias() -> str | None:
+    """A name /etc/hosts gives a loopback address that the Host check does not know (not localhost, not ours)."""
+    import ipaddress
+
+    from osnova_server.web.host import machine_names
+
+    known = machine_names() | {"localhost"}
+    try:
+        lines = Path("/etc/hosts").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        words = line.split("#", 1)[0].split()
+        if len(words) < 2:
+            continue
+        try:
+            if not ipaddress.ip_address(words[0]).is_loopback or ipaddress.ip_address(words[0]).version != 4:
+                continue
+        except ValueError:
+            continue
+        for name in words[1:]:
+            if name.lower() not in known:
+                return name
+    return None
+
+
+async def test_status_of_a_server_bound_by_a_host_name_the_host_check_does_not_know(tmp_path: Path) -> None:
+    """`bind_address` may be a host name; the CLI must not send it as Host and be refused 421."""
+    alias = _loopback_alias()
+    if alias is None:
+        pytest.skip("/etc/hosts has no extra loopback name here")
+    state = tmp_path / "state"
+    config = make_config(state, server={"bind_address": f"{alias}:{free_port()}", "state_dir": str(state)})
+    path = write_config(tmp_path / "server.toml", config)
+    async with running_server(config):
+        code, out, err = await _status(path)
+    assert (code, err) == (0, "")
+    assert out.startswith("osnova-server ")

@@ -72,15 +72,37 @@ def admin_token(config: Config, ttl: int) -> str:
 
 
 def local_url(config: Config) -> str:
-    """The URL this machine reaches its own server at (a wildcard bind means loopback)."""
+    """The URL this machine reaches its own server at (a wildcard bind means loopback).
+
+    A host name is resolved here, as the connection would resolve it: sent as the Host header,
+    a name the server does not know as its own would be refused with 421.
+    """
     host, port = config.host, config.port
     if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
+    elif host != "localhost":
+        host = _address_of(host, port)
     if ":" in host:
         host = f"[{host}]"
     return f"{config.scheme}://{host}:{port}"
+
+
+def _address_of(host: str, port: int) -> str:
+    """`host` if it is an IP address, else the first address it resolves to (itself when it does not)."""
+    import ipaddress
+    import socket
+
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    try:
+        return str(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0])
+    except OSError:
+        return host  # connecting fails too, and says so
 
 
 def local_ssl_context(config: Config) -> ssl.SSLContext | None:
