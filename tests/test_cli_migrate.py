@@ -69,3 +69,18 @@ def test_migrate_of_a_database_sqlite_cannot_open_is_one_line(tmp_path: Path) ->
             f"osnova-server: cannot open database {state / DATABASE_NAME}: unable to open database file; "
             "restore a backup with `osnova-server restore FILE`\n"
         )
+
+
+async def test_migrate_beside_a_running_server_is_refused_naming_its_pid(tmp_path: Path) -> None:
+    import asyncio
+    import os
+
+    from tests.conftest import running_server
+
+    config = make_config(tmp_path / "state")
+    path = write_config(tmp_path / "server.toml", config)
+    async with running_server(config):
+        done = await asyncio.to_thread(cli, "--config", str(path), "migrate")
+    assert (done.returncode, done.stdout) == (1, "")
+    assert f"(PID {os.getpid()})" in done.stderr and done.stderr.count("\n") == 1
+    assert done.stderr.count("stop it first") == 1, done.stderr

@@ -39,7 +39,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             with StateLock.acquire(config.state_dir):
                 before, after = asyncio.run(migrate())
     except StateDirBusy as err:
-        raise CommandError(f"{err}; stop it first (a single server migrates at start anyway)") from None
+        raise CommandError(f"{err} (a single server migrates at start anyway)") from None
     except (StateDirLockError, StoreError) as err:
         raise CommandError(str(err), EXIT_FAILURE) from None
     if before == after:
