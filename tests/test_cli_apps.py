@@ -66,3 +66,18 @@ def test_install_of_a_missing_file_is_a_usage_error(tmp_path: Path) -> None:
         f"osnova-server: argument URI: {str(missing)!r} is neither a URI (https://...) nor a manifest file here"
         " (see `osnova-server --help`)\n"
     )
+
+
+async def test_list_shows_control_characters_from_a_manifest_escaped(tmp_path: Path) -> None:
+    """A manifest comes from anywhere: its name must not clear the admin's screen or retitle the terminal."""
+    state = tmp_path / "state"
+    config = make_config(state, server={"bind_address": f"127.0.0.1:{free_port()}", "state_dir": str(state)})
+    path = write_config(tmp_path / "server.toml", config)
+    hostile = tmp_path / "hostile.json"
+    hostile.write_text(json.dumps(manifest(name="Notes\x1b]0;owned\x07\x1b[2J\u202egnp.exe\x9b")))
+    async with running_server(config):
+        assert (await _apps(path, "install", str(hostile)))[0] == 0
+        code, out, err = await _apps(path, "list")
+    assert (code, err) == (0, "")
+    assert not any(ord(c) < 0x20 and c != "\n" or 0x7F <= ord(c) < 0xA0 or c == "\u202e" for c in out)
+    assert r"Notes\x1b]0;owned\x07\x1b[2J\u202egnp.exe\x9b" in out

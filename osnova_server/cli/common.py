@@ -178,8 +178,16 @@ def positive(text: str) -> int:
     return value
 
 
+# C0, DEL, C1 and the bidirectional overrides, shown as escapes: table cells come from manifests,
+# devices and mDNS answers, and must not move the cursor, retitle the terminal or reorder a line.
+_VISIBLE: Final = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {
+    c: f"\\u{c:04x}" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))
+}
+
+
 def table(rows: list[list[str]]) -> None:
     """Print rows as left-aligned columns, the first row being the header."""
+    rows = [[cell.translate(_VISIBLE) for cell in row] for row in rows]
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
