@@ -294,6 +294,21 @@ _TYPE_NAMES: Final[dict[Any, str]] = {
 }
 
 
+# Keys whose value is, or may hold, a secret: a message about its type names the type, not the value.
+_SECRET_KEYS: Final = frozenset({"[auth] jwt_secret", "[store] url", "[cluster] redis_url"})
+
+
+def _shown(where: str, value: Any) -> str:
+    """`value` for a message about `where`; for a secret key only what kind of value it is."""
+    if where not in _SECRET_KEYS:
+        return _toml_repr(value)
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a table"
+    return next((name for kind, name in _TYPE_NAMES.items() if isinstance(value, kind)), "another type")
+
+
 def _check_type(where: str, value: Any, expected: Any, problems: list[str]) -> Any:
     """Return `value` if it has the TOML type the field expects, else record why not."""
     if expected == bool | str:
@@ -310,7 +325,7 @@ def _check_type(where: str, value: Any, expected: Any, problems: list[str]) -> A
                 return None
             return value
         hint = _type_hint(value, expected)
-        problems.append(f"{where} must be {_TYPE_NAMES[expected]}, not {_toml_repr(value)}{hint}")
+        problems.append(f"{where} must be {_TYPE_NAMES[expected]}, not {_shown(where, value)}{hint}")
         return None
     # list[str]
     if isinstance(value, list) and all(isinstance(item, str) for item in value):

@@ -306,6 +306,24 @@ def test_check_config_lists_problems_of_every_kind_at_once(tmp_path: Path) -> No
     assert not state.exists()
 
 
+def test_check_config_of_a_mistyped_secret_does_not_print_it(tmp_path: Path) -> None:
+    """An unquoted secret, or a URL holding a password in a list: the type is wrong, the value stays out of the journal."""
+    path = tmp_path / "server.toml"
+    path.write_text(
+        "[auth]\njwt_secret = 918273645546372819918273645546372819\n"
+        '[store]\nurl = ["postgresql://osnova:hunter2@127.0.0.1/osnova"]\n'
+        '[cluster]\nredis_url = ["redis://:swordfish@127.0.0.1:6379/0"]\n'
+    )
+    result = cli("--config", str(path), "check-config", env={"OSNOVA_JWT_SECRET": ""})
+    assert (result.returncode, result.stdout) == (2, "")
+    for secret in ("918273645546372819918273645546372819", "hunter2", "swordfish"):
+        assert secret not in result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("osnova-server: [auth] jwt_secret must be a quoted string, not a whole number")
+    assert lines[1].startswith("osnova-server: [store] url must be a quoted string, not a list")
+    assert lines[2].startswith("osnova-server: [cluster] redis_url must be a quoted string, not a list")
+
+
 def test_serve_with_the_port_in_use_creates_no_state(tmp_path: Path) -> None:
     """`serve` finds the port taken before the state dir, secret or database exist: exit 1, nothing left."""
     state = tmp_path / "state"
