@@ -210,3 +210,16 @@ async def test_status_of_a_server_bound_by_a_host_name_the_host_check_does_not_k
         code, out, err = await _status(path)
     assert (code, err) == (0, "")
     assert out.startswith("osnova-server ")
+
+
+@pytest.mark.parametrize("content", [b"not a certificate\n", b""], ids=["garbage", "empty"])
+def test_status_with_a_certificate_file_that_is_not_pem_is_bad_configuration(tmp_path: Path, content: bytes) -> None:
+    """The CLI pins [tls] cert_path; one it cannot load is one line and exit 2, not an ssl traceback."""
+    config = server_config(tmp_path, tls=True)
+    Path(config.tls.cert_path).write_bytes(content)
+    path = write_config(tmp_path / "server.toml", config)
+    for command in (("status",), ("rpc", "status.get"), ("pair", "--json")):
+        result = cli("--config", str(path), *command, env=NO_ENV_SECRET)
+        assert (result.returncode, result.stdout) == (2, "")
+        assert result.stderr.startswith(f"osnova-server: certificate {config.tls.cert_path} ")
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr

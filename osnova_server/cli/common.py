@@ -116,7 +116,13 @@ def local_ssl_context(config: Config) -> ssl.SSLContext | None:
 
     if not config.tls.enabled:
         return None
-    context = ssl.create_default_context(cafile=config.tls.cert_path)
+    try:
+        context = ssl.create_default_context(cafile=config.tls.cert_path)
+    except (ssl.SSLError, OSError) as err:  # validation saw the file; its contents are not a certificate
+        raise CommandError(
+            f"certificate {config.tls.cert_path} cannot be loaded ({getattr(err, 'reason', None) or err}); "
+            "point [tls] cert_path at the PEM certificate the server serves", EXIT_USAGE,
+        ) from None
     context.check_hostname = False
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return context
