@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import re
 import socket
 import stat
@@ -364,3 +365,18 @@ def test_a_second_serve_on_the_same_config_names_the_first_pid(tmp_path: Path, s
     second = cli("--config", str(path), "serve", env={"OSNOVA_JWT_SECRET": ""})
     assert second.returncode == 1
     assert f"(PID {first.process.pid})" in second.stderr and second.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", [("version",), ("completion", "bash")])
+def test_a_reader_gone_early_ends_the_command_without_a_traceback(command: tuple[str, ...]) -> None:
+    # `osnova-server status | head -1`: head exits, the next write finds no reader (EPIPE). The
+    # read end is closed before the command starts, so every write it makes meets that.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "osnova_server", *command], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=30)
+    finally:
+        os.close(write_end)
+    assert done.stderr == ""  # neither a traceback nor "Exception ignored ... BrokenPipeError"
+    assert done.returncode == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Final
@@ -65,7 +66,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     group = COMMANDS.get(chosen_command(words) or "")
     args = build_parser([group] if group else GROUPS).parse_args(words)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # here, so a reader gone early (`| head`) is caught below, not at exit
+        return code
+    except BrokenPipeError:
+        # What the `signal` module's docs advise for SIGPIPE: point stdout at /dev/null so the
+        # interpreter's own flush at exit finds nothing to write, and end without a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
     except CommandError as err:
         for line in str(err).splitlines() or [str(err)]:
             print(f"{PROG}: {line}", file=sys.stderr)
