@@ -92,6 +92,19 @@ async def test_actual_requests(cors_server: RunningServer, http: aiohttp.ClientS
         assert "Access-Control-Allow-Origin" not in answer.headers
 
 
+@pytest.mark.parametrize(("method", "path"), [("POST", "/rpc"), ("GET", "/health"), ("OPTIONS", "/rpc"), ("GET", "/nope")])
+async def test_answers_without_origin_carry_no_cors_headers(
+    cors_server: RunningServer, http: aiohttp.ClientSession, method: str, path: str,
+) -> None:
+    """What curl, the apps and the CLI get: no CORS header and no Vary, whatever the route."""
+    call = b'{"jsonrpc":"2.0","method":"pairing.complete","params":{"token":"ZZZZ-ZZZZ"},"id":1}'
+    async with http.request(method, f"{cors_server.url}{path}", data=call if method == "POST" else None) as answer:
+        await answer.read()
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+        assert not [name for name in answer.headers if name.lower().startswith("access-control-")]
+        assert "Vary" not in answer.headers
+
+
 async def test_a_401_is_readable_by_the_allowed_origin(cors_server: RunningServer, http: aiohttp.ClientSession) -> None:
     """A browser app must be able to see that its token expired."""
     async with http.post(f"{cors_server.url}/rpc", data=b"{}",
