@@ -364,7 +364,7 @@ def restore_backup(archive: Path, paths: StatePaths, force: bool = False) -> Res
     state_dir = paths.state_dir
     holder: StateLock | None = None
     if state_dir.is_dir():
-        holder = StateLock.acquire(state_dir)  # StateDirBusy while a server uses it
+        holder = StateLock.acquire(state_dir, "restore")  # StateDirBusy while a server uses it
     try:
         if holder is not None and (state_dir / DATABASE_NAME).exists() and not force:
             raise BackupError(
@@ -377,7 +377,7 @@ def restore_backup(archive: Path, paths: StatePaths, force: bool = False) -> Res
         staging.mkdir(mode=0o700)
         os.chmod(staging, 0o700)
         try:
-            with StateLock.acquire(staging):  # the lock of the state dir-to-be, until it is in place
+            with StateLock.acquire(staging, "restore"):  # the lock of the state dir-to-be, until it is in place
                 report = _swap_in(archive, manifest, paths, staging, stamp, holder is not None)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

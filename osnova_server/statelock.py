@@ -3,9 +3,11 @@
 Two servers writing one SQLite database, secret and identity would each believe their own
 caches, so the second must refuse to start. The lock is `flock(2)` on `osnova.lock` inside the
 state dir: the kernel releases it when its holder exits, even by `kill -9`, so a crash never
-leaves a stale lock behind. The holder writes its PID into the file, so a refusal can name it
-(the PID is for people; the flock alone decides who holds the lock). The file itself stays in
-place after release: unlinking a lock file lets two processes lock two different inodes.
+leaves a stale lock behind. The holder writes its PID and what it is (`serve`, `migrate`,
+`restore`) into the file, so a refusal can name it and `cert renew` and `rotate-secret` send their
+SIGHUP only to a server: to a migration or a restore it would be a kill (the PID is for people and
+signals; the flock alone decides who holds the lock). The file itself stays in place after
+release: unlinking a lock file lets two processes lock two different inodes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ _LOGGER = logging.getLogger(__name__)
 
 LOCK_NAME: Final = "osnova.lock"
 _LOCK_MODE: Final = 0o600
+# What a holder records after its PID. A file holding a PID alone was written by a server of an
+# earlier version, which only servers locked.
+SERVER: Final = "serve"
+HOLDERS: Final = frozenset({SERVER, "migrate", "restore"})
 
 
 class StateDirBusy(Exception):
@@ -51,8 +57,9 @@ class StateLock:
         self._fd: int | None = fd
 
     @classmethod
-    def acquire(cls, state_dir: Path) -> StateLock:
-        """Lock `state_dir` (which must exist) for this process, or raise StateDirBusy."""
+    def acquire(cls, state_dir: Path, holder: str = SERVER) -> StateLock:
+        """Lock `state_dir` (which must exist) for this process, a `holder` (HOLDERS), or raise StateDirBusy."""
+        assert holder in HOLDERS, holder
         path = state_dir / LOCK_NAME
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, _LOCK_MODE)
@@ -64,12 +71,12 @@ class StateLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
-            pid = _read_pid(fd)
+            pid = _read_holder(fd)[0]
             os.close(fd)
             if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise StateDirBusy(state_dir, pid) from None
             raise StateDirLockError(f"cannot lock {path} ({err.strerror})") from None
-        record = f"{os.getpid()}\n".encode("ascii")
+        record = f"{os.getpid()} {holder}\n".encode("ascii")
         os.pwrite(fd, record, 0)
         os.ftruncate(fd, len(record))
         _LOGGER.debug("locked state directory %s", state_dir)
@@ -90,27 +97,40 @@ class StateLock:
 
 def holder_pid(state_dir: Path) -> int | None:
     """The PID of the live process holding `state_dir`'s lock, or None when nobody holds it."""
+    return _live_holder(state_dir)[0]
+
+
+def server_pid(state_dir: Path) -> int | None:
+    """The PID of the server holding `state_dir`'s lock; None when nobody, or a migration or restore, holds it."""
+    pid, holder = _live_holder(state_dir)
+    return pid if holder == SERVER else None
+
+
+def _live_holder(state_dir: Path) -> tuple[int | None, str | None]:
+    """The PID and kind of the live process holding `state_dir`'s lock, or (None, None)."""
     path = state_dir / LOCK_NAME
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
-        return None
+        return None, None
     try:
         try:
             # A shared lock is refused only while someone holds the exclusive one.
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
-            return _read_pid(fd)
+            return _read_holder(fd)
         fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
+        return None, None
     finally:
         os.close(fd)
 
 
-def _read_pid(fd: int) -> int | None:
-    """The PID recorded in an open lock file, if it holds one."""
+def _read_holder(fd: int) -> tuple[int | None, str | None]:
+    """The PID and kind recorded in an open lock file, as far as it holds them."""
     try:
-        text = os.pread(fd, 32, 0).decode("ascii").strip()
+        words = os.pread(fd, 64, 0).decode("ascii").split()
     except (OSError, UnicodeDecodeError):
-        return None
-    return int(text) if text.isdigit() else None
+        return None, None
+    if not words or not words[0].isdigit():
+        return None, None
+    return int(words[0]), (words[1] if len(words) > 1 else SERVER)

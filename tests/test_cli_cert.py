@@ -6,6 +6,8 @@ import datetime as dt
 import os
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -143,6 +145,35 @@ def test_cert_renew_without_a_server_says_the_next_start_serves_it(tmp_path: Pat
         old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     )
     assert spki_fingerprint(new) == spki_fingerprint(old)
+
+
+def test_cert_renew_leaves_a_running_migration_alone(tmp_path: Path) -> None:
+    path = tmp_path / "server.toml"
+    state = tmp_path / "state"
+    assert cli("--config", str(path), "init", "--state-dir", str(state), "--self-signed").returncode == 0
+    # A `migrate` (or `restore`) holding the state dir: SIGHUP, meant for a server, would kill it.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import time\n"
+            "from pathlib import Path\n"
+            "from osnova_server.statelock import StateLock\n"
+            f"lock = StateLock.acquire(Path({str(state)!r}), 'migrate')\n"
+            "print('locked', flush=True)\n"
+            "time.sleep(60)\n"
+        )],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        result = cli("--config", str(path), "cert", "renew")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[1] == (
+            "no server is running on this state directory; it serves the new certificate when it starts"
+        )
+        assert holder.poll() is None  # not signalled
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_cert_renew_with_tls_off_exits_2_saying_why(tmp_path: Path) -> None:

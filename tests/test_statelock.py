@@ -14,7 +14,7 @@ import pytest
 
 from osnova_server import config as config_module
 from osnova_server.server import Server, StartupError
-from osnova_server.statelock import LOCK_NAME, StateDirBusy, StateLock, holder_pid
+from osnova_server.statelock import LOCK_NAME, StateDirBusy, StateLock, holder_pid, server_pid
 from tests.conftest import ServerProcess, cli, free_port, make_config, running_server, write_config
 
 Start = Callable[..., ServerProcess]
@@ -34,6 +34,21 @@ def test_a_second_lock_is_refused_naming_the_holder(state_dir: Path) -> None:
 def test_the_lock_file_is_private(state_dir: Path) -> None:
     with StateLock.acquire(state_dir):
         assert (state_dir / LOCK_NAME).stat().st_mode & 0o777 == 0o600
+
+
+def test_the_lock_says_whether_its_holder_is_a_server(state_dir: Path) -> None:
+    # `cert renew` and `rotate-secret` SIGHUP a server only: a migration or restore would die of it.
+    for holder, server in (("serve", os.getpid()), ("migrate", None), ("restore", None)):
+        with StateLock.acquire(state_dir, holder):
+            assert (holder_pid(state_dir), server_pid(state_dir)) == (os.getpid(), server)
+            assert (state_dir / LOCK_NAME).read_text() == f"{os.getpid()} {holder}\n"
+    assert (holder_pid(state_dir), server_pid(state_dir)) == (None, None)
+
+
+def test_a_lock_file_with_a_pid_alone_is_a_server_of_an_earlier_version(state_dir: Path) -> None:
+    with StateLock.acquire(state_dir):
+        (state_dir / LOCK_NAME).write_text(f"{os.getpid()}\n")  # what versions before the kinds wrote
+        assert server_pid(state_dir) == os.getpid()
 
 
 def test_kill_9_releases_the_lock(state_dir: Path) -> None:
@@ -57,7 +72,7 @@ def test_kill_9_releases_the_lock(state_dir: Path) -> None:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     # The PID of the dead holder is still written in the file; only the flock counts.
-    assert (state_dir / LOCK_NAME).read_text().strip() == str(holder.pid)
+    assert (state_dir / LOCK_NAME).read_text() == f"{holder.pid} serve\n"
     assert holder_pid(state_dir) is None
     StateLock.acquire(state_dir).release()
 
@@ -95,7 +110,7 @@ def test_a_second_serve_exits_1_naming_the_pid(tmp_path: Path, server_process: S
     assert str(tmp_path / "state") in lines[0]
     assert first.process.poll() is None
     assert sorted(p.name for p in (tmp_path / "state").iterdir()) == before
-    assert (tmp_path / "state" / LOCK_NAME).read_text().strip() == str(first.process.pid)
+    assert (tmp_path / "state" / LOCK_NAME).read_text() == f"{first.process.pid} serve\n"
     code, _ = first.stop()
     assert code == 0
     # Once the first has stopped, the state dir is free for the next one.

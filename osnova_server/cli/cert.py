@@ -35,10 +35,14 @@ def validity_days(text: str) -> int:
 
 
 def signal_server(config: Config) -> int | None:
-    """SIGHUP the server holding `config`'s state dir; its PID, or None when none runs."""
-    from osnova_server.statelock import holder_pid
+    """SIGHUP the server holding `config`'s state dir; its PID, or None when none runs.
 
-    pid = holder_pid(config.state_dir)
+    A migration or restore holding the lock is no server: SIGHUP would kill it midway, and the file
+    just written is read by the next start anyway.
+    """
+    from osnova_server.statelock import server_pid
+
+    pid = server_pid(config.state_dir)
     if pid is None:
         return None
     try:

@@ -36,7 +36,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             before, after = asyncio.run(migrate())
         else:
             config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            with StateLock.acquire(config.state_dir):
+            with StateLock.acquire(config.state_dir, "migrate"):
                 before, after = asyncio.run(migrate())
     except StateDirBusy as err:
         raise CommandError(f"{err} (a single server migrates at start anyway)") from None
