@@ -6,6 +6,9 @@ Each CHECKOUT (a directory holding `osnova_server/`; default: this one) is start
 start after start, so that two checkouts (say main and a branch) are compared under the same
 machine load. Also times `osnova-server version`. Uses bench/run.py's config and command lines
 (servers pinned to CPU 0, uvloop hidden on the `asyncio` stack), and prints the median of each.
+Each checkout's bytecode is compiled first (`python -m compileall`, as pip does when it installs
+the wheel), so the times are those of an installed server, even with PYTHONDONTWRITEBYTECODE=1
+in the environment (which would otherwise make every start compile every module again).
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ def main() -> int:
     args = parser.parse_args()
     checkouts = [path.resolve() for path in args.checkouts]
     stacks = [run.STACKS[name] for name in args.stacks.split(",") if name]
+    for checkout in checkouts:
+        run.compile_bytecode(checkout)
     ready: dict[tuple[Path, str], list[float]] = {}
     version: dict[tuple[Path, str], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="osnova-startup-") as tmp:
