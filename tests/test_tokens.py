@@ -219,7 +219,7 @@ def test_cache_hit_skips_decoding(
     def no_decoding(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a cache hit must not decode")
 
-    monkeypatch.setattr(tokens._DECODER, "decode", no_decoding)
+    monkeypatch.setattr(tokens._decoder(), "decode", no_decoding)
     assert authority.verify(token) is first
 
 

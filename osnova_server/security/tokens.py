@@ -8,6 +8,7 @@ that the cached and the uncached paths agree exactly and tests can move time.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import secrets
@@ -15,9 +16,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import jwt
+if TYPE_CHECKING:
+    import jwt
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -37,18 +39,31 @@ NOT_YET_VALID: Final = "not yet valid"
 REVOKED: Final = "revoked"
 MISSING_CLAIM: Final = "missing claim"
 
-# pyjwt checks the signature, the algorithm and that the claims are present and typed;
-# expiry, issue and not-before times are checked here against the authority's clock.
-_DECODER: Final = jwt.PyJWT(
-    options={
-        "verify_signature": True,
-        "verify_exp": False,
-        "verify_iat": False,
-        "verify_nbf": False,
-        "require": list(REQUIRED_CLAIMS),
-        "enforce_minimum_key_length": True,
-    }
-)
+
+
+@functools.cache
+def _decoder() -> jwt.PyJWT:
+    """pyjwt's decoder, made on the first token check rather than at import.
+
+    pyjwt is imported only here and in the functions that sign or read a token: importing it
+    loads its RSA, EC and JWK support from `cryptography` (about 25 ms, measured with
+    `python -X importtime`), and nothing before the server is ready signs or checks a token, so
+    the first token checked pays it once (tests/test_startup_imports.py keeps it off start-up).
+    pyjwt checks the signature, the algorithm and that the claims are present and typed;
+    expiry, issue and not-before times are checked here against the authority's clock.
+    """
+    import jwt
+
+    return jwt.PyJWT(
+        options={
+            "verify_signature": True,
+            "verify_exp": False,
+            "verify_iat": False,
+            "verify_nbf": False,
+            "require": list(REQUIRED_CLAIMS),
+            "enforce_minimum_key_length": True,
+        }
+    )
 
 
 class Scope(StrEnum):
@@ -138,6 +153,8 @@ class TokenAuthority:
             "exp": issued_at + lifetime,
             "jti": secrets.token_urlsafe(16),
         }
+        import jwt  # see _decoder
+
         return jwt.encode(payload, self._secret, algorithm=ALGORITHM), lifetime
 
     def verify(self, token: str) -> Claims:
@@ -158,8 +175,11 @@ class TokenAuthority:
         """Check signature, algorithm, claims and times of a token, and cache it if valid."""
         if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
             raise TokenInvalid(MALFORMED)
+        decoder = _decoder()
+        import jwt  # loaded by _decoder
+
         try:
-            payload = _DECODER.decode(token, self._secret, algorithms=[ALGORITHM], leeway=0)
+            payload = decoder.decode(token, self._secret, algorithms=[ALGORITHM], leeway=0)
         except jwt.MissingRequiredClaimError:
             raise TokenInvalid(MISSING_CLAIM) from None
         except (jwt.InvalidSignatureError, jwt.InvalidAlgorithmError):
@@ -250,6 +270,8 @@ class TokenAuthority:
 
 def unverified_device_id(token: str) -> str | None:
     """The `device_id` claim of a token, read without checking it (callers verify it after)."""
+    import jwt  # see _decoder
+
     try:
         payload = jwt.decode(token, options={"verify_signature": False})
     except jwt.InvalidTokenError:
