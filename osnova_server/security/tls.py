@@ -10,6 +10,10 @@ that context is not enough: OpenSSL keeps one certificate per key type, so after
 EC to an RSA certificate the old EC one would still be chosen for most clients. Instead every
 context made here carries a server-name callback, which OpenSSL calls for each handshake (with
 or without SNI), and which moves the handshake onto the most recently loaded context.
+
+`cryptography` is imported inside the functions that read or make certificates, not at the top:
+its X.509 part costs about 15 ms at start-up (`python -X importtime`), and a server with TLS off
+never needs it (tests/test_startup_imports.py holds it to that).
 """
 
 from __future__ import annotations
@@ -21,16 +25,14 @@ import logging
 import socket
 import ssl
 from pathlib import Path
-from typing import Final
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from typing import TYPE_CHECKING, Final
 
 from osnova_server.files import make_private_dirs, replace_file
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 __all__ = [
     "TLS12_CIPHERS",
@@ -112,6 +114,9 @@ def generate_self_signed(
     The certificate names localhost, this host's name, 127.0.0.1 and ::1, plus `hostnames`
     (DNS names or IP addresses, e.g. the LAN address devices pair with).
     """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     if days < 1:
         raise ValueError(f"days must be at least 1, not {days}")
     key = ec.generate_private_key(ec.SECP256R1())
@@ -139,6 +144,8 @@ def public_key_fingerprint(certificate: x509.Certificate) -> str:
 
     It names the key, not the certificate, so a renewal with the same key keeps every pairing.
     """
+    from cryptography.hazmat.primitives import serialization
+
     spki = certificate.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -155,6 +162,10 @@ def renew_self_signed(cert_path: Path, key_path: Path, days: int = DEFAULT_VALID
     Raises NotRenewable for any other certificate (one a CA or the household issued), and
     TlsError when the files cannot be used at all. Blocking: run it in a thread from the loop.
     """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     if days < 1:
         raise ValueError(f"days must be at least 1, not {days}")
     leaf = _load_certificates(cert_path)[0]
@@ -185,6 +196,11 @@ def generated_by_init(cert_path: Path, key_path: Path) -> bool:
 
 def _why_not_generated(certificate: x509.Certificate, key: PrivateKeyTypes) -> str | None:
     """None for a certificate `generate_self_signed` made; else why it cannot be one of ours."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     if certificate.issuer != certificate.subject:
         return f"it was issued by {certificate.issuer.rfc4514_string()}"
     names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
@@ -252,6 +268,8 @@ def _read(path: Path, what: str, setting: str) -> bytes:
 
 def _load_certificates(cert_path: Path) -> list[x509.Certificate]:
     """Return the PEM chain in the file, leaf first, or raise TlsError."""
+    from cryptography import x509
+
     data = _read(cert_path, "certificate", "cert_path")
     try:
         return x509.load_pem_x509_certificates(data)
@@ -264,6 +282,9 @@ def _load_certificates(cert_path: Path) -> list[x509.Certificate]:
 
 def _load_private_key(key_path: Path) -> PrivateKeyTypes:
     """Return the unencrypted PEM private key in the file, or raise TlsError."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     data = _read(key_path, "private key", "key_path")
     try:
         return serialization.load_pem_private_key(data, password=None)
@@ -288,6 +309,8 @@ def _check_key_matches(
     certificate: x509.Certificate, key: PrivateKeyTypes, cert_path: Path, key_path: Path
 ) -> None:
     """Raise TlsError unless the certificate was issued for this private key."""
+    from cryptography.hazmat.primitives import serialization
+
     spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if certificate.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
         raise TlsError(
@@ -317,6 +340,8 @@ def _reason(err: OSError) -> str:
 
 def _subject_alt_names(names: list[str]) -> list[x509.GeneralName]:
     """Return the names, deduplicated, as IP address or DNS name entries."""
+    from cryptography import x509
+
     entries: list[x509.GeneralName] = []
     for name in dict.fromkeys(n.strip().lower() for n in names if n.strip()):
         try:
@@ -330,6 +355,10 @@ def _self_signed_certificate(
     key: ec.EllipticCurvePrivateKey, names: list[x509.GeneralName], days: int, subject: x509.Name | None = None,
 ) -> x509.Certificate:
     """Return a leaf (CA:FALSE) server certificate for `names`, signed by its own key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     subject = subject or x509.Name([
         x509.NameAttribute(NameOID.COMMON_NAME, f"{GENERATED_NAME_PREFIX}{socket.gethostname()}"[:64]),
     ])
