@@ -1,7 +1,8 @@
 """mDNS (DNS-SD) discovery: what `_osnova._tcp` record the server advertises, and on which interfaces.
 
 Everything here is decided without python-zeroconf: `advertiser` and `browser` import it, and
-only a server that advertises (or `osnova-server discover`) loads them.
+only a server that advertises (or `osnova-server discover`) loads them. ifaddr (it loads ctypes:
+about 4 ms at start-up) is imported by `coverage`, which runs in a thread once the server is ready.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-import ifaddr
-
 from osnova_server import __version__
 from osnova_server.config import MAX_INSTANCE_NAME_BYTES, Config
 
 if TYPE_CHECKING:
+    import ifaddr
+
     from osnova_server.discovery.advertiser import Advertiser
 
 __all__ = [
@@ -183,6 +184,8 @@ def coverage(config: Config) -> Coverage:
     (`::` covers IPv4 too: the socket is dual stack); a specific address covers the interface
     holding it, loopback included, since `mdns = true` asks for exactly that.
     """
+    import ifaddr  # here, not at start-up: see the module docstring
+
     host = config.host
     ipv6 = host == "::" or any(a.version == 6 for a in _bind_addresses(host))
     interfaces: list[str | int] = []
