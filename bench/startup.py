@@ -51,6 +51,9 @@ def main() -> int:
     ready: dict[tuple[Path, str], list[float]] = {}
     version: dict[tuple[Path, str], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="osnova-startup-") as tmp:
+        # The children run `python -c` and `python -m`, which put their working directory first
+        # on sys.path: started from a checkout, every child would import that one's osnova_server.
+        os.chdir(tmp)
         for _ in range(args.starts):
             for stack in stacks:
                 for checkout in checkouts:
