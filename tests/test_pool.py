@@ -100,12 +100,13 @@ async def test_idle_uses_the_injected_clock_and_spares_connections_with_calls_ru
         pool.admit(connection)
     clock.now += 10
     chatty.touch()
-    working.tasks.add(asyncio.get_running_loop().create_task(asyncio.sleep(0)))
+    working.call_started()
     clock.now += 5
     assert pool.idle(15) == [quiet]
     assert pool.idle(16) == []
     assert set(pool.idle(5)) == {quiet, chatty}
-    await asyncio.gather(*working.tasks)
+    working.call_ended()
+    assert set(pool.idle(15)) == {quiet, working}
 
 
 async def test_deliver_encodes_once_and_reaches_only_subscribers() -> None:

@@ -632,7 +632,7 @@ async def test_shutdown_answers_calls_in_flight_then_closes_1001(
         for batch in range(32):
             await ws.send(json.dumps([json.loads(request("status.get", request_id=f"{batch}.{i}")) for i in range(50)]))
         (connection,) = pool_of(running)
-        await eventually(lambda: _true(len(connection.tasks) == 32))
+        await eventually(lambda: _true(connection.calls == 32))
         stopping = asyncio.create_task(server.stop())
         code, reason, answers = await closed_with(ws)
         await stopping

@@ -9,16 +9,18 @@ within `[server] ws_auth_timeout` seconds or be closed with 4401 (silence counts
 authentication towards a ban), and it takes a slot only once authenticated (1013 if none is
 left by then). The first frame of an authenticated socket is the `connected` notification.
 
-Each text frame is decoded, charged to the limiter (one token per batch member) and run as its
-own task, so a slow call does not hold up the next; at most MAX_IN_FLIGHT run at once per
-socket, and while they run, or while more than `[limits] max_ws_queue_bytes` of answers and
-events wait to be sent, the socket is not read, which lets TCP push back on the client. Answers
-and events leave through the connection's queue (web/pool.py).
+Each text frame is decoded, charged to the limiter (one token per batch member) and run at once
+in the reading task; a call that has to wait goes on there while reading goes on in a new task,
+so a slow call does not hold up the next (`_Reader`). At most MAX_IN_FLIGHT calls of a socket
+wait at once; past that, or while more than `[limits] max_ws_queue_bytes` of answers and events
+wait to be sent, the socket is not read, which lets TCP push back on the client. Answers and
+events are written at once when nothing waits before them, else queued (web/pool.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Callable
 from typing import Any, Final
@@ -31,9 +33,10 @@ from osnova_server.events import DEVICES_REVOKED, Event, Listener
 from osnova_server.logs import audit
 from osnova_server.rpc import codec, protocol
 from osnova_server.rpc.context import Context
-from osnova_server.rpc.protocol import Dispatcher, Envelope, error_answer
+from osnova_server.rpc.protocol import Envelope, error_answer
+from osnova_server.rpc.protocol import _resume as resume_started  # goes on with a coroutine started by hand
 from osnova_server.runtime import Runtime
-from osnova_server.security.ratelimit import retry_after_header
+from osnova_server.security.ratelimit import RateLimiter, retry_after_header
 from osnova_server.security.tokens import Claims, TokenInvalid
 from osnova_server.timestamps import rfc3339
 from osnova_server.web.errors import json_error
@@ -53,8 +56,10 @@ _LOGGER = logging.getLogger(__name__)
 
 POOL_KEY: Final = web.AppKey("ws_pool", ConnectionPool)
 
-# Calls of one socket running at once; past this the socket is not read until one finishes.
+# Calls of one socket waiting at once; past this the socket is not read until one finishes.
 MAX_IN_FLIGHT: Final = 32
+# Messages answered without waiting in a row before the reader lets the loop run other sockets.
+QUICK_RUN: Final = 64
 # The reaper looks every idle_timeout / 4 seconds, but at least this often.
 REAP_INTERVAL_MAX: Final = 5.0
 # A revoked device's calls in flight may answer for this long before its sockets close.
@@ -194,7 +199,7 @@ async def _serve_connection(connection: ClientConnection, state: ServerState, cl
         "ws", outcome="connected", connection=connection.id, principal=principal_of(claims),
         remote=connection.address,
     )
-    await _read(connection, state, claims)
+    await _Reader(connection, state, claims).run()
 
 
 _NOTIFICATION: Final = object()
@@ -309,76 +314,138 @@ def _count_in(connection: ClientConnection) -> None:
         metrics.ws_messages.inc(_IN)
 
 
-async def _read(connection: ClientConnection, state: ServerState, claims: Claims) -> None:
-    """Run every text frame as a call until the socket closes; at most MAX_IN_FLIGHT at once."""
-    runtime = state.runtime
-    dispatcher = state.dispatcher
-    socket = connection.socket
-    ctx = Context(runtime, claims, connection.address, "ws", connection)
-    bucket = bucket_key(claims, connection.address)
-    gate = asyncio.Semaphore(MAX_IN_FLIGHT)
-    loop = asyncio.get_running_loop()
-    count_in = state.metrics.ws_messages.inc
-    tasks = connection.tasks
-    while True:
-        if not connection.has_room:
-            # More than max_ws_queue_bytes wait for this client: read none of its requests until
-            # it takes some (aiohttp stops reading the socket too, so TCP pushes back).
-            await connection.wait_for_room()
-            if connection.closing:
-                return
-        message = await socket.receive()
-        kind = message.type
-        if kind is WSMsgType.TEXT:
-            count_in(_IN)
-            if connection.draining:
-                continue  # closing with a grace period: calls that arrive now are not run
-            connection.touch()
-            runtime.record_seen(claims)
-            await gate.acquire()
-            if connection.draining:
-                gate.release()
-                continue
-            task = loop.create_task(_serve(message.data, connection, ctx, dispatcher, runtime, bucket, gate))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        elif kind is WSMsgType.PING:
-            connection.touch()
-            await socket.pong(message.data)
-        elif kind is WSMsgType.PONG:
-            continue
-        elif kind is WSMsgType.BINARY:
-            count_in(_IN)
-            connection.close(WSCloseCode.UNSUPPORTED_DATA, "binary frames are not accepted; send JSON-RPC as text")
+class _Reader:
+    """Serves one authenticated socket's frames: each message runs at once, in the reading task.
+
+    Most calls answer from memory without waiting for anything, and a task for each would cost
+    more than the call (on a loop that runs little else, a third of the time of a round trip).
+    So a message starts in the task that read it; if it finishes without waiting (the usual
+    case), its answer is written and the next frame read. If it has to wait (a database read,
+    a manifest fetch), it goes on in this task, which stops reading, and reading goes on in a new
+    task; a call stays in the task it started in because what it captured before waiting (an
+    `asyncio.timeout` holds `current_task()`) has to keep pointing at the task that runs it.
+    The batch dispatcher does the same for a batch's members (rpc/protocol.py, `_run_batch`).
+
+    At most MAX_IN_FLIGHT calls of one socket wait at once; past that, and while more than
+    `[limits] max_ws_queue_bytes` of answers wait to be sent, the socket is not read.
+    """
+
+    __slots__ = ("connection", "ctx", "claims", "dispatcher", "runtime", "bucket", "count_in", "ended", "task")
+
+    def __init__(self, connection: ClientConnection, state: ServerState, claims: Claims) -> None:
+        self.connection = connection
+        self.claims = claims
+        self.ctx = Context(state.runtime, claims, connection.address, "ws", connection)
+        self.dispatcher = state.dispatcher
+        self.runtime = state.runtime
+        self.bucket = bucket_key(claims, connection.address)
+        self.count_in = state.metrics.ws_messages.inc
+        # Resolved by whichever task sees the socket end (the first task waits for it).
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # The task reading now, when it is not the first one (a reference keeps it alive).
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        """Serve until the socket is done (called in the connection's own task)."""
+        if not await self.read():
+            await self.ended
+
+    async def _read_on(self) -> None:
+        """Go on reading in a task of its own while the call that waited runs in the previous one."""
+        try:
+            done = await self.read()
+        except BaseException as err:
+            if not self.ended.done():
+                self.ended.set_exception(err)
+            if not isinstance(err, Exception):
+                raise
             return
-        else:
-            return  # CLOSE, CLOSING, CLOSED or ERROR: the socket is done
+        if done and not self.ended.done():
+            self.ended.set_result(None)
 
+    async def read(self) -> bool:
+        """Read and run frames; True once the socket is done, False if reading went on in a new task."""
+        connection = self.connection
+        socket = connection.socket
+        count_in = self.count_in
+        record_seen = self.runtime.record_seen
+        claims = self.claims
+        quick = 0
+        while True:
+            if not connection.has_room:
+                # More than max_ws_queue_bytes wait for this client: read none of its requests
+                # until it takes some (aiohttp stops reading the socket too, so TCP pushes back).
+                await connection.wait_for_room()
+                if connection.closing:
+                    return True
+            message = await socket.receive()
+            kind = message.type
+            if kind is WSMsgType.TEXT:
+                count_in(_IN)
+                if connection.draining:
+                    continue  # closing with a grace period: calls that arrive now are not run
+                connection.touch()
+                record_seen(claims)
+                if connection.calls >= MAX_IN_FLIGHT:
+                    await connection.wait_for_calls(MAX_IN_FLIGHT - 1)
+                    if connection.draining:
+                        continue
+                # What the call sets while it runs stays in this task's context if it waits, so
+                # reading goes on from the context as it was before it.
+                before = contextvars.copy_context()
+                serving = self.serve(message.data)
+                try:
+                    waiting_on = serving.send(None)
+                except StopIteration:
+                    quick += 1
+                    if quick >= QUICK_RUN:
+                        # A client that pipelines many quick calls must not keep the loop from
+                        # every other socket: let it run once in a while.
+                        quick = 0
+                        await asyncio.sleep(0)
+                    continue
+                connection.call_started()
+                try:
+                    self.task = asyncio.get_running_loop().create_task(self._read_on(), context=before)
+                    await resume_started(serving, waiting_on)
+                finally:
+                    connection.call_ended()
+                return False
+            if kind is WSMsgType.PING:
+                connection.touch()
+                await socket.pong(message.data)
+            elif kind is WSMsgType.PONG:
+                continue
+            elif kind is WSMsgType.BINARY:
+                count_in(_IN)
+                connection.close(WSCloseCode.UNSUPPORTED_DATA, "binary frames are not accepted; send JSON-RPC as text")
+                return True
+            else:
+                # CLOSE, CLOSING, CLOSED or ERROR: the socket is done; free its slot now, not
+                # once the calls still waiting are over.
+                connection.close(socket.close_code or WSCloseCode.OK, "")
+                return True
 
-async def _serve(
-    raw: str,
-    connection: ClientConnection,
-    ctx: Context,
-    dispatcher: Dispatcher,
-    runtime: Runtime,
-    bucket: str,
-    gate: asyncio.Semaphore,
-) -> None:
-    """Run one message and queue its answer, if one is owed."""
-    try:
-        envelope = protocol.decode(raw, runtime.config.limits.max_batch)
-        wait = await runtime.limiter.acquire(bucket, envelope.cost)
-        if wait > 0:
-            refused = _rate_limited(envelope, wait)
-            answer = None if refused is None else codec.dumps(refused)
-        else:
-            answer = await dispatcher.respond(envelope, ctx, runtime.config.limits.max_response_bytes)
-        if answer is not None:
-            connection.send(answer)
-    except Exception:
-        _LOGGER.exception("WebSocket %s: a message could not be served", connection.id)
-    finally:
-        gate.release()
+    async def serve(self, raw: str) -> None:
+        """Run one message and send its answer, if one is owed."""
+        runtime = self.runtime
+        limits = runtime.config.limits
+        try:
+            envelope = protocol.decode(raw, limits.max_batch)
+            limiter = runtime.limiter
+            if type(limiter) is RateLimiter:
+                wait = limiter.take(self.bucket, envelope.cost)  # no coroutine for what never waits
+            else:
+                wait = await limiter.acquire(self.bucket, envelope.cost)
+            if wait > 0:
+                refused = _rate_limited(envelope, wait)
+                answer = None if refused is None else codec.dumps(refused)
+            else:
+                answer = await self.dispatcher.respond(envelope, self.ctx, limits.max_response_bytes)
+            if answer is not None:
+                self.connection.send(answer)
+        except Exception:
+            _LOGGER.exception("WebSocket %s: a message could not be served", self.connection.id)
 
 
 def _request_id(member: Any) -> Any:
@@ -442,7 +509,7 @@ async def _close_all(pool: ConnectionPool, timeout: float) -> None:
     connections = pool.everyone()
     if not connections:
         return
-    calls = sum(len(connection.tasks) for connection in connections)
+    calls = sum(connection.calls for connection in connections)
     _LOGGER.info("closing %d WebSockets; waiting for %d calls in flight", len(connections), calls)
 
     for connection in connections:
