@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from osnova_server.web.host import host_name, is_ip_literal, machine_names
+from osnova_server.web.host import KNOWN_HEADERS_MAX, HostNames, host_name, is_ip_literal, machine_names
 from tests.conftest import RunningServer, make_config, running_server
 
 
@@ -90,6 +90,35 @@ async def test_a_stored_address_is_honoured_after_a_restart(state_dir: Path) -> 
     async with running_server(config) as server:
         assert (await _request(server, "house.example"))[0] == 200
         assert (await _request(server, "other.example"))[0] == 421
+
+
+async def test_names_that_a_reload_or_set_server_takes_away_are_refused_at_once(
+    server: RunningServer, state_dir: Path,
+) -> None:
+    for _ in range(2):  # served twice, so a remembered verdict would be the one used next
+        assert (await _request(server, "osnova.example"))[0] == 200
+        assert (await _request(server, "box.lan:8443"))[0] == 200
+    async with server.client(admin=True) as admin:
+        await admin.call("config.setServer", {"address": "http://home.example:8080"})
+        assert (await _request(server, "home.example:8080"))[0] == 200
+        await admin.call("config.setServer", {"address": "http://house.example"})
+    assert (await _request(server, "home.example:8080"))[0] == 421
+    server.runtime.reload(make_config(state_dir, server={"bind_address": "127.0.0.1:0", "state_dir": str(state_dir)}))
+    assert (await _request(server, "osnova.example"))[0] == 421
+    assert (await _request(server, "box.lan:8443"))[0] == 421
+    assert (await _request(server, "127.0.0.1:8080"))[0] == 200
+
+
+def test_only_verdicts_that_cannot_change_are_remembered_and_only_so_many() -> None:
+    names = HostNames(machine_names("box.lan"))
+    names.stored = "home.example"
+    for header, host in (("10.0.0.1:80", "10.0.0.1"), ("Box.lan", "box.lan"), ("home.example", "home.example"),
+                         ("osnova.example", "osnova.example")):
+        names.note(header, host)
+    assert names.known == {"10.0.0.1:80", "Box.lan"}
+    for n in range(KNOWN_HEADERS_MAX * 2):
+        names.note(f"10.1.{n // 256}.{n % 256}", f"10.1.{n // 256}.{n % 256}")
+    assert len(names.known) == KNOWN_HEADERS_MAX
 
 
 @pytest.mark.parametrize(("header", "name"), [

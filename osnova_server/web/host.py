@@ -27,6 +27,8 @@ from osnova_server.web.keys import STATE_KEY
 LOCALHOST: Final = "localhost"
 MDNS_SUFFIX: Final = ".local"
 _SHOWN_CHARS: Final = 100
+# How many Host header values HostNames.note remembers.
+KNOWN_HEADERS_MAX: Final = 64
 
 
 def host_name(header: str) -> str:
@@ -82,10 +84,14 @@ def is_ip_literal(host: str) -> bool:
 class HostNames:
     """The names this server answers to; the advertised one follows `config.setServer`."""
 
-    __slots__ = ("machine", "stored", "_configured", "_configured_host")
+    __slots__ = ("machine", "known", "stored", "_configured", "_configured_host")
 
     def __init__(self, machine: Iterable[str]) -> None:
         self.machine = frozenset(machine)
+        # Host header values that name this server by what no reload or setServer changes (an IP
+        # literal, this machine's name): a client sends the same Host on every request, and from
+        # the second on it costs one set lookup instead of being parsed and judged again.
+        self.known: set[str] = set()
         # The host of the address config.setServer stored, if any.
         self.stored: str | None = None
         self._configured = ""
@@ -100,6 +106,11 @@ class HostNames:
         if host == self._configured_host:
             return True
         return any(host == name.rstrip(".").lower() for name in allowed)
+
+    def note(self, header: str, host: str) -> None:
+        """Remember an allowed Host `header` (whose host is `host`) if its verdict can never change."""
+        if len(self.known) < KNOWN_HEADERS_MAX and (host in self.machine or is_ip_literal(host)):
+            self.known.add(header)
 
     def follow(self, event: Event) -> None:
         """Event-bus listener: keep the stored advertised host current."""
@@ -129,11 +140,12 @@ def setup_host(app: web.Application) -> Callable[[web.Request], web.Response | N
     def host_refusal(request: web.Request) -> web.Response | None:
         """The 421 answer for a request that names a host this server is not, else None."""
         header = request.headers.get(hdrs.HOST)
-        if header is None:
+        if header is None or header in names.known:
             return None
         server = state.runtime.config.server
         host = host_name(header)
         if names.allows(host, server.advertised_address, server.allowed_hosts):
+            names.note(header, host)
             return None
         return json_error(
             421,
