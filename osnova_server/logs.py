@@ -17,7 +17,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from queue import Empty, SimpleQueue
 from typing import Any, Final, TextIO
@@ -33,7 +33,8 @@ REDACTED: Final = "[REDACTED]"
 
 ROTATE_MAX_BYTES: Final = 10 * 1024 * 1024
 ROTATE_BACKUP_COUNT: Final = 5
-# About 10,000 lines of ~300 bytes: a few MB at most while the sink is stalled.
+# About 10,000 lines of ~300 bytes: a few MB at most while the sink is stalled. Counted in
+# lines: a record of a batch's calls counts as one line per call.
 QUEUE_MAX_RECORDS: Final = 10_000
 # Once the queue is drained the writer waits this long before looking again, so under load it
 # wakes about 50 times a second and writes a batch, instead of being woken (and taking the GIL
@@ -79,6 +80,10 @@ try:  # pragma: no cover - depends on the installed `speedups` extra
 except ImportError:  # pragma: no cover
     _json_line = _stdlib_line
 
+# One call as its audit line tells it: method label, outcome, seconds it ran, the wall-clock
+# time it ended, and the (trace id, span id) it ran in, or None (the record's then, if any).
+AuditedCall = tuple[str, str, float, float, tuple[str, str] | None]
+
 _AUDIT_LOGGER: Final = logging.getLogger(AUDIT_LOGGER_NAME)
 # What LogRecord.relativeCreated counts from.
 _LOGGING_START: Final[float] = logging._startTime  # type: ignore[attr-defined]
@@ -96,6 +101,12 @@ def set_trace_ids(source: Callable[[], tuple[str, str] | None] | None) -> None:
     _trace_ids = source
 
 
+def current_trace_ids() -> tuple[str, str] | None:
+    """The (trace id, span id) of the span open here, as a record made now would carry them, or None."""
+    source = _trace_ids
+    return None if source is None else source()
+
+
 def _level_number(level: str) -> int:
     """Turn a config level name into a `logging` number, refusing names outside `LOG_LEVELS`."""
     name = level.strip().lower()
@@ -111,10 +122,9 @@ def _level_number(level: str) -> int:
 _last_second: tuple[int, str] = (-1, "")
 
 
-def _timestamp(record: logging.LogRecord) -> str:
-    """Format the record's creation time as RFC 3339 UTC with milliseconds and a `Z`."""
+def _timestamp(created: float) -> str:
+    """Format a time (a record's creation, a call's end) as RFC 3339 UTC with milliseconds and a `Z`."""
     global _last_second
-    created = record.created
     seconds = int(created)
     cached_seconds, text = _last_second
     if cached_seconds != seconds:
@@ -133,9 +143,12 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line, so log shippers need no parsing rules."""
 
     def format(self, record: logging.LogRecord) -> str:
-        """Render the record and its fields as a single JSON line."""
+        """Render the record and its fields as a single JSON line (a record of calls: a line each)."""
+        calls = getattr(record, "calls", None)
+        if calls is not None:
+            return "\n".join(self._call_lines(record, calls))
         line: dict[str, Any] = {
-            "ts": _timestamp(record),
+            "ts": _timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
@@ -151,6 +164,25 @@ class JsonFormatter(logging.Formatter):
             line["exc"] = exc
         return _json_line(line)
 
+    def _call_lines(self, record: logging.LogRecord, calls: Sequence[AuditedCall]) -> Iterator[str]:
+        """The line of each call, as `audit("rpc", ...)` at the call's end would have written it."""
+        # The keys in the order of every JSON line, the call's own values filled in below.
+        head: dict[str, Any] = {
+            "ts": "", "level": record.levelname, "logger": record.name, "msg": record.getMessage(),
+            **_call_fields(_fields(record), ("", "", 0.0, 0.0, None)),
+        }
+        record_ids = getattr(record, "trace_ids", None)
+        for method, outcome, seconds, ended, ids in calls:
+            line = head.copy()
+            line["ts"] = _timestamp(ended)
+            line["method"] = method
+            line["outcome"] = outcome
+            line["duration_ms"] = round(seconds * 1000, 3)
+            ids = ids or record_ids
+            if ids is not None:
+                line["trace_id"], line["span_id"] = ids
+            yield _json_line(line)
+
 
 class TextFormatter(logging.Formatter):
     """`<ts> LEVEL logger: msg key=value ...`, for people reading a terminal."""
@@ -159,15 +191,27 @@ class TextFormatter(logging.Formatter):
         """Render the record on one line (plus a traceback, if any, on the following lines)."""
         # Newlines in a message would let a client-supplied string forge a log line.
         msg = record.getMessage().replace("\r", "\\r").replace("\n", "\\n")
-        parts = [_timestamp(record), record.levelname, f"{record.name}: {msg}"]
+        head = f"{record.levelname} {record.name}: {msg}"
         ids = getattr(record, "trace_ids", None)
-        if ids is not None:
-            parts.append(f"trace_id={ids[0]} span_id={ids[1]}")
-        for key, value in _fields(record).items():
-            parts.append(f"{key}={_text_value(value)}")
-        text = " ".join(parts)
+        calls = getattr(record, "calls", None)
+        if calls is not None:
+            fields = _fields(record)
+            return "\n".join(
+                _text_line(_timestamp(call[3]), head, call[4] or ids, _call_fields(fields, call)) for call in calls
+            )
+        text = _text_line(_timestamp(record.created), head, ids, _fields(record))
         exc = _exception_text(self, record)
         return f"{text}\n{exc}" if exc else text
+
+
+def _text_line(ts: str, head: str, ids: tuple[str, str] | None, fields: Mapping[str, Any]) -> str:
+    """`<ts> <head> [trace_id=... span_id=...] key=value ...`."""
+    parts = [ts, head]
+    if ids is not None:
+        parts.append(f"trace_id={ids[0]} span_id={ids[1]}")
+    for key, value in fields.items():
+        parts.append(f"{key}={_text_value(value)}")
+    return " ".join(parts)
 
 
 def _text_value(value: Any) -> str:
@@ -197,6 +241,11 @@ class _QueueHandler(logging.handlers.QueueHandler):
     def __init__(self, records: SimpleQueue[logging.LogRecord | None]) -> None:
         super().__init__(records)
         self.dropped = 0
+        # Lines queued (by any thread, under the lock) and written (by the listener thread only):
+        # their difference is what waits, in lines, whatever the records' sizes.
+        self.queued = 0
+        self.written = 0
+        self._count_lock = threading.Lock()
         self._exc_formatter = logging.Formatter()
 
     def handle(self, record: logging.LogRecord) -> bool:
@@ -222,11 +271,20 @@ class _QueueHandler(logging.handlers.QueueHandler):
         return record
 
     def enqueue(self, record: logging.LogRecord) -> None:
-        """Queue the record, or count it as dropped when the sink has fallen too far behind."""
-        if self.queue.qsize() >= QUEUE_MAX_RECORDS:
-            self.dropped += 1
-            return
+        """Queue the record, or count its lines as dropped when the sink has fallen too far behind."""
+        lines = line_count(record)
+        with self._count_lock:
+            if self.queued - self.written + lines > QUEUE_MAX_RECORDS:
+                self.dropped += lines
+                return
+            self.queued += lines
         self.queue.put_nowait(record)
+
+
+def line_count(record: logging.LogRecord) -> int:
+    """How many lines a record writes: one, or one per call for a record of calls."""
+    calls = getattr(record, "calls", None)
+    return 1 if calls is None else len(calls)
 
 
 class _QueueListener(logging.handlers.QueueListener):
@@ -264,6 +322,7 @@ class _QueueListener(logging.handlers.QueueListener):
             })
             self._write(warning)
         self._write(record)
+        self._source.written += line_count(record)
 
     def _write(self, record: logging.LogRecord) -> None:
         """Hand one record to the sink (QueueListener.handle, minus its generic handler loop)."""
@@ -527,20 +586,44 @@ def stamped_record(template: dict[str, Any]) -> tuple[logging.LogRecord, dict[st
     return record, attributes
 
 
+def _call_fields(fields: Mapping[str, Any], call: AuditedCall) -> dict[str, Any]:
+    """The fields of one call's audit line: the message's (who, from where) with the call's in between."""
+    return {
+        "event": fields.get("event", "rpc"), "principal": fields.get("principal"), "method": call[0],
+        "outcome": call[1], "duration_ms": round(call[2] * 1000, 3), "remote": fields.get("remote"),
+        "transport": fields.get("transport"),
+    }
+
+
+def call_fields(record: logging.LogRecord) -> list[dict[str, Any]]:
+    """The fields of each audit line a record of calls stands for (none for any other record)."""
+    calls: Sequence[AuditedCall] = getattr(record, "calls", ())
+    fields = _fields(record)
+    return [_call_fields(fields, call) for call in calls]
+
+
+def audit_calls(principal: str, remote: str, transport: str, calls: Sequence[AuditedCall]) -> None:
+    """The audit lines of one message's calls (a batch's, or a single call's), in one record.
+
+    Every call still gets its own line, the same as `audit("rpc", ...)` at its end would write
+    (its end time, its duration, its span's ids): the formatter on the writer thread writes one
+    line per call. One record per message instead of one per call spares the event loop a pass
+    through `logging` for each member of a batch.
+
+    It skips the redaction pass: each field is made by the server from a bounded set (a device
+    id or `admin`, a registered method name or `(unknown)`, an outcome label, an IP address,
+    `http` or `ws`), never copied from what a client sent.
+    """
+    if not calls or not _AUDIT_ENABLED_FOR(logging.INFO):
+        return
+    record, attributes = stamped_record(_CALL_RECORD_BASE)
+    attributes["fields"] = {"event": "rpc", "principal": principal, "remote": remote, "transport": transport}
+    attributes["calls"] = calls
+    _AUDIT_LOGGER.handle(record)
+
+
 def audit_call(
     principal: str, method: str, outcome: str, seconds: float, remote: str, transport: str,
 ) -> None:
-    """The audit line of one RPC call, the same as `audit("rpc", ...)` at a third of its cost.
-
-    It runs after every call, so it skips the redaction pass: each field is made by the server
-    from a bounded set (a device id or `admin`, a registered method name or `(unknown)`, an
-    outcome label, an IP address, `http` or `ws`), never copied from what a client sent.
-    """
-    if not _AUDIT_ENABLED_FOR(logging.INFO):
-        return
-    record, attributes = stamped_record(_CALL_RECORD_BASE)
-    attributes["fields"] = {
-        "event": "rpc", "principal": principal, "method": method, "outcome": outcome,
-        "duration_ms": round(seconds * 1000, 3), "remote": remote, "transport": transport,
-    }
-    _AUDIT_LOGGER.handle(record)
+    """The audit line of one RPC call that just ended, the same as `audit("rpc", ...)` writes."""
+    audit_calls(principal, remote, transport, [(method, outcome, seconds, time.time(), None)])

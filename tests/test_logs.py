@@ -23,6 +23,8 @@ from osnova_server.logs import (
     LoggingHandle,
     audit,
     audit_call,
+    audit_calls,
+    call_fields,
     redact,
     setup_logging,
 )
@@ -356,6 +358,83 @@ def test_audit_call_writes_the_line_audit_would(fmt: str, tmp_path: Path) -> Non
     stamp = r"^\S+ " if fmt == "text" else r'^\{"ts":"[^"]+",'
     assert re.sub(stamp, "", first) == re.sub(stamp, "", second)
     assert "principal" in second and "duration_ms" in second
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_audit_calls_writes_a_line_per_call_as_audit_would(fmt: str, tmp_path: Path) -> None:
+    """One record for a message's calls, and on disk each call's own line, in order, at its own time."""
+    log_file = tmp_path / "osnova.log"
+    handle = setup_logging("info", fmt, str(log_file))
+    calls = [
+        ("status.get", "ok", 0.0025, 1_700_000_000.125, None),
+        ("(unknown)", "method_not_found", 0.0001234, 1_700_000_001.5, None),
+        ("apps.list", "ok", 1.5, 1_700_000_002.75, ("ab" * 16, "cd" * 8)),
+    ]
+    audit_calls("dev-1", "::1", "ws", calls)
+    for method, outcome, seconds, _, _ in calls:
+        audit("rpc", principal="dev-1", method=method, outcome=outcome, duration_ms=round(seconds * 1000, 3),
+              remote="::1", transport="ws")
+    handle.stop()
+    written = lines(log_file)
+    assert len(written) == 6
+    batch, single = written[:3], written[3:]
+    stamp = r"^\S+ " if fmt == "text" else r'^\{"ts":"[^"]+",'
+    ids = r" trace_id=\S+ span_id=\S+" if fmt == "text" else r',"trace_id":"[^"]+","span_id":"[^"]+"'
+    assert [re.sub(ids, "", re.sub(stamp, "", line)) for line in batch] == [re.sub(stamp, "", line) for line in single]
+    if fmt == "json":
+        parsed = [json.loads(line) for line in batch]
+        assert [line["ts"] for line in parsed] == [
+            "2023-11-14T22:13:20.125Z", "2023-11-14T22:13:21.500Z", "2023-11-14T22:13:22.750Z",
+        ]
+        assert [line["duration_ms"] for line in parsed] == [2.5, 0.123, 1500.0]
+        assert "trace_id" not in parsed[0]
+        assert (parsed[2]["trace_id"], parsed[2]["span_id"]) == ("ab" * 16, "cd" * 8)
+    else:
+        assert batch[0].startswith("2023-11-14T22:13:20.125Z INFO osnova.audit: rpc event=rpc principal=dev-1")
+        assert f"rpc trace_id={'ab' * 16} span_id={'cd' * 8} event=rpc" in batch[2]
+
+
+def test_call_fields_are_the_fields_of_each_line() -> None:
+    """What a caplog reader of a record of calls sees: the fields of each line it stands for."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep()
+    audit_logger = logging.getLogger(AUDIT_LOGGER_NAME)
+    audit_logger.addHandler(handler)
+    audit_logger.setLevel(logging.INFO)
+    try:
+        audit_calls("admin", "127.0.0.1", "http", [("a.b", "ok", 0.001, 1.0, None), ("c.d", "forbidden", 0.0, 2.0, None)])
+        audit_calls("admin", "127.0.0.1", "http", [])  # a message that ran nothing writes nothing
+    finally:
+        audit_logger.removeHandler(handler)
+        audit_logger.setLevel(logging.NOTSET)
+    (record,) = records
+    assert call_fields(record) == [
+        {"event": "rpc", "principal": "admin", "method": "a.b", "outcome": "ok", "duration_ms": 1.0,
+         "remote": "127.0.0.1", "transport": "http"},
+        {"event": "rpc", "principal": "admin", "method": "c.d", "outcome": "forbidden", "duration_ms": 0.0,
+         "remote": "127.0.0.1", "transport": "http"},
+    ]
+
+
+def test_the_queue_bound_counts_lines(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A record of five calls takes five lines of the bound: past it, all five are dropped and counted."""
+    log_file = tmp_path / "osnova.log"
+    handle = setup_logging("info", "json", str(log_file))
+    calls = [("status.get", "ok", 0.001, 1_700_000_000.0, None)] * 5
+    monkeypatch.setattr(logs, "QUEUE_MAX_RECORDS", 4)
+    audit_calls("dev-1", "::1", "http", calls)
+    monkeypatch.setattr(logs, "QUEUE_MAX_RECORDS", 5)
+    audit_calls("dev-1", "::1", "http", calls)
+    handle.stop()
+    assert handle.dropped == 5
+    warning, *kept = (json.loads(line) for line in lines(log_file))
+    assert warning["dropped"] == 5
+    assert [line["method"] for line in kept] == ["status.get"] * 5
 
 
 _LOG_EVERY_LEVEL: Final = """
