@@ -16,15 +16,18 @@ on each `inc` or `observe`; that cost ~5 µs a call, measured, on the hot path.)
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aioprometheus import Counter, Gauge, Histogram, Registry
 from aioprometheus.histogram import Histogram as HistogramValue
 
 from osnova_server import __version__, process_metrics
 from osnova_server.rpc.context import Context
+
+if TYPE_CHECKING:
+    from osnova_server.rpc.protocol import FinishedCall
 
 # Seconds; a trivial call takes ~100 µs, a manifest fetch up to the fetch timeout.
 DEVICE_ROLES: Final = ("member", "owner")
@@ -124,15 +127,23 @@ class Metrics:
 
     def observe_call(self, method: str, outcome: str, seconds: float, ctx: Context) -> None:
         """Count one RPC call and record its duration."""
-        calls = self._calls
-        key = (method, outcome)
-        calls[key] = calls.get(key, 0) + 1
-        durations = self._durations.get(method)
-        if durations is None:
-            durations = self._durations[method] = [0.0] * (len(DURATION_BUCKETS) + 2)
-        # bisect_left finds the first bound >= seconds: Prometheus buckets are `le`.
-        durations[bisect_left(DURATION_BUCKETS, seconds)] += 1
-        durations[-1] += seconds
+        self.observe_calls(((method, outcome, seconds, 0.0, None),))
+
+    def observe_calls(self, calls: Iterable[FinishedCall]) -> None:
+        """Count the RPC calls of one message and record their durations."""
+        counts = self._calls
+        durations_of = self._durations
+        for call in calls:
+            method = call[0]
+            seconds = call[2]
+            key = (method, call[1])
+            counts[key] = counts.get(key, 0) + 1
+            durations = durations_of.get(method)
+            if durations is None:
+                durations = durations_of[method] = [0.0] * (len(DURATION_BUCKETS) + 2)
+            # bisect_left finds the first bound >= seconds: Prometheus buckets are `le`.
+            durations[bisect_left(DURATION_BUCKETS, seconds)] += 1
+            durations[-1] += seconds
 
     def observe_certificate(self, expires_at: float) -> None:
         """Record when the certificate now served expires."""

@@ -22,10 +22,10 @@ from osnova_server import __version__
 from osnova_server.config import Config
 from osnova_server.errors import Unauthorized
 from osnova_server.events import Bus, Event, EventBus
-from osnova_server.logs import AUDIT_LOGGER_NAME, audit, audit_call
+from osnova_server.logs import AUDIT_LOGGER_NAME, audit, audit_calls
 from osnova_server.metrics import Metrics
 from osnova_server.rpc.context import Context
-from osnova_server.rpc.protocol import CallObserver
+from osnova_server.rpc.protocol import CallObserver, FinishedCall
 from osnova_server.security.ratelimit import Limiter, RateLimiter
 from osnova_server.security.roles import Role, receives
 from osnova_server.security.secret import load_or_create_secret
@@ -182,14 +182,14 @@ class Runtime:
         self.bans.record_failure(remote)
 
     def call_observer(self, metrics: Metrics) -> CallObserver:
-        """The hook run after every RPC call: metrics, and one audit line."""
-        observe = metrics.observe_call
+        """The hook run after every message's calls: their metrics, and an audit line for each."""
+        observe = metrics.observe_calls
         audit_enabled = logging.getLogger(AUDIT_LOGGER_NAME).isEnabledFor
 
-        def observer(method: str, outcome: str, seconds: float, ctx: Context) -> None:
-            observe(method, outcome, seconds, ctx)
+        def observer(calls: list[FinishedCall], ctx: Context) -> None:
+            observe(calls)
             if audit_enabled(logging.INFO):
-                audit_call(ctx.principal, method, outcome, seconds, ctx.remote, ctx.transport)
+                audit_calls(ctx.principal, ctx.remote, ctx.transport, calls)
 
         return observer
 

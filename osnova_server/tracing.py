@@ -12,12 +12,14 @@ import functools
 import importlib.util
 import logging
 import re
+import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from osnova_server.logs import current_trace_ids
 from osnova_server.rpc.context import Context
-from osnova_server.rpc.protocol import UNKNOWN_METHOD, CallObserver, Dispatcher, Envelope
+from osnova_server.rpc.protocol import UNKNOWN_METHOD, CallObserver, Dispatcher, Envelope, Finished
 from osnova_server.rpc.registry import Registry
 
 if TYPE_CHECKING:
@@ -133,7 +135,7 @@ class TracedDispatcher(Dispatcher):
     __slots__ = ("_tracing",)
 
     def __init__(self, registry: Registry, observe: CallObserver | None, tracing: Tracing) -> None:
-        super().__init__(registry, observe=_outcome_observer(observe, tracing))
+        super().__init__(registry, observe=observe)
         self._tracing = tracing
 
     async def respond(self, envelope: Envelope, ctx: Context, max_bytes: int) -> bytes | None:
@@ -144,7 +146,7 @@ class TracedDispatcher(Dispatcher):
         with self._tracing.span("ws.message", "server", attributes):
             return await super().respond(envelope, ctx, max_bytes)
 
-    async def call(self, member: Any, ctx: Context) -> dict[str, Any] | None:
+    async def _call(self, member: Any, ctx: Context, finished: Finished) -> dict[str, Any] | None:
         """Run one call inside its own span, named after the method (a bounded set of names)."""
         name = member.get("method") if type(member) is dict else None
         if not isinstance(name, str):
@@ -160,20 +162,12 @@ class TracedDispatcher(Dispatcher):
         with self._tracing.span(label, "internal", attributes) as span:
             if label == INVALID_REQUEST_LABEL:
                 span.set_attribute("osnova.rpc.outcome", "invalid_request")
-            return await super().call(member, ctx)
+            return await super()._call(member, ctx, finished)
 
-
-def _outcome_observer(observe: CallObserver | None, tracing: Tracing) -> CallObserver:
-    """Wrap the metrics-and-audit observer so the call's span also records its outcome."""
-    current_span = tracing.current_span
-    fail = tracing.fail
-
-    def observer(method: str, outcome: str, seconds: float, ctx: Context) -> None:
-        span = current_span()
+    def _finish(self, finished: Finished, ctx: Context, label: str, outcome: str, seconds: float) -> None:
+        """Record the outcome on the call's span, and note the call with its span's ids for its audit line."""
+        span = self._tracing.current_span()
         span.set_attribute("osnova.rpc.outcome", outcome)
         if outcome != "ok":
-            fail(span, outcome)
-        if observe is not None:
-            observe(method, outcome, seconds, ctx)
-
-    return observer
+            self._tracing.fail(span, outcome)
+        self._note(finished, ctx, (label, outcome, seconds, time.time(), current_trace_ids()))

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
+from osnova_server import logs
 from osnova_server.client import RpcCallError, TransportError
-from osnova_server.logs import AUDIT_LOGGER_NAME, JsonFormatter, TextFormatter
+from osnova_server.logs import AUDIT_LOGGER_NAME, JsonFormatter, TextFormatter, call_fields
 from tests.conftest import TEST_SECRET, RunningServer
 
 
 def audit_fields(records: list[logging.LogRecord]) -> list[dict[str, Any]]:
-    """The structured fields of the audit records."""
-    return [getattr(r, "fields", {}) for r in records if r.name == AUDIT_LOGGER_NAME]
+    """The structured fields of each audit line (a record of a message's calls stands for a line per call)."""
+    fields: list[dict[str, Any]] = []
+    for record in records:
+        if record.name == AUDIT_LOGGER_NAME:
+            fields.extend(call_fields(record) if hasattr(record, "calls") else [getattr(record, "fields", {})])
+    return fields
 
 
 async def test_audit_lines_never_carry_secrets(
@@ -76,3 +85,50 @@ async def test_ban_is_audited(osnova: RunningServer, caplog: pytest.LogCaptureFi
         osnova.runtime.record_auth_failure("192.0.2.10", "access_token")
     (ban,) = [f for f in audit_fields(caplog.records) if f["event"] == "ban"]
     assert ban["address"] == "192.0.2.10" and ban["failures"] == osnova.config.ban.max_failures
+
+
+@pytest.fixture
+def audit_log(tmp_path: Path) -> Iterator[Path]:
+    """The server's log as JSON lines at level info, through the real logging pipeline."""
+    path = tmp_path / "server.log"
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    handle = logs.setup_logging("info", "json", str(path))
+    yield path
+    handle.stop()
+    root.setLevel(level)
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+
+
+def rpc_lines(path: Path) -> list[dict[str, Any]]:
+    """The audit lines of calls in a JSON log file."""
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return [line for line in lines if line["logger"] == AUDIT_LOGGER_NAME and line.get("event") == "rpc"]
+
+
+async def test_a_batch_writes_one_audit_line_per_call_in_order(osnova: RunningServer, audit_log: Path) -> None:
+    # Methods that answer from memory, so they end in the order of the batch.
+    methods = ["identity.status", "apps.list", "nope.nothing", "identity.status", "apps.list"] * 2
+    batch = [{"jsonrpc": "2.0", "method": method, "id": index} for index, method in enumerate(methods)]
+    headers = {"Authorization": f"Bearer {osnova.admin_token()}"}
+    async with aiohttp.ClientSession() as session, session.post(f"{osnova.url}/rpc", json=batch, headers=headers) as answer:
+        assert answer.status == 200
+        assert len(await answer.json()) == 10
+    assert logs._current is not None
+    logs._current.stop()  # writes everything queued
+    lines = rpc_lines(audit_log)
+    assert [line["method"] for line in lines] == [m if m != "nope.nothing" else "(unknown)" for m in methods]
+    assert [line["outcome"] for line in lines] == [("method_not_found" if m == "nope.nothing" else "ok") for m in methods]
+    for line in lines:
+        assert list(line) == [
+            "ts", "level", "logger", "msg", "event", "principal", "method", "outcome", "duration_ms", "remote",
+            "transport",
+        ]
+        assert (line["level"], line["msg"], line["principal"], line["remote"], line["transport"]) == (
+            "INFO", "rpc", "admin", "127.0.0.1", "http",
+        )
+        assert isinstance(line["duration_ms"], float) and 0 <= line["duration_ms"] < 10_000
+    stamps = [line["ts"] for line in lines]
+    assert stamps == sorted(stamps), "each line carries its own call's end, in the order the calls ended"

@@ -97,14 +97,16 @@ def context(scope: Scope | None = Scope.DEVICE, transport: str = "http") -> Cont
 
 
 class Observed:
-    """Records what the dispatcher reports after each call."""
+    """Records what the dispatcher reports after each message: the calls that ran in it."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
+        self.messages: list[list[tuple[str, str]]] = []
 
-    def __call__(self, method: str, outcome: str, seconds: float, ctx: Context) -> None:
-        assert seconds >= 0
-        self.calls.append((method, outcome))
+    def __call__(self, calls: list[protocol.FinishedCall], ctx: Context) -> None:
+        assert all(seconds >= 0 for _, _, seconds, _, _ in calls)
+        self.messages.append([(method, outcome) for method, outcome, _, _, _ in calls])
+        self.calls.extend(self.messages[-1])
 
 
 async def call(method: str, params: Any = None, ctx: Context | None = None, dispatcher: Dispatcher | None = None) -> Any:
@@ -408,6 +410,71 @@ async def test_cancelling_a_batch_cancels_the_waiting_member_and_those_after_it(
     for _ in range(10):
         await asyncio.sleep(0)
     assert sorted(cancelled) == [0, 1, 2]
+
+
+async def test_a_batch_is_observed_once_with_its_calls_in_the_order_they_ended() -> None:
+    observed = Observed()
+    members: list[dict[str, Any]] = [
+        {"jsonrpc": "2.0", "method": "open.ping", "id": 0},
+        {"jsonrpc": "2.0", "method": "nope.nothing", "id": 1},
+        {"jsonrpc": "2.0", "method": "echo.args", "params": {"name": 5}, "id": 2},
+        {"jsonrpc": "2.0", "method": "open.ping"},  # a notification is a call too
+    ]
+    wire = await Dispatcher(registry, observe=observed).respond(protocol.Envelope(members, True), context(), UNBOUNDED)
+    assert wire is not None and len(json.loads(wire)) == 3
+    assert observed.messages == [[
+        ("open.ping", "ok"), (UNKNOWN_METHOD, "method_not_found"), ("echo.args", "invalid_params"), ("open.ping", "ok"),
+    ]]
+
+
+async def test_a_batch_cut_short_reports_the_calls_that_ended() -> None:
+    local = Registry()
+    waiting = 0
+    stubborn = asyncio.Event()
+
+    @local.method("quick.ping", role=Role.MEMBER)
+    async def quick_ping(ctx: Context) -> str:
+        """Answer at once."""
+        return "pong"
+
+    @local.method("slow.forever", role=Role.MEMBER)
+    async def slow_forever(ctx: Context) -> int:
+        """Wait until cancelled."""
+        nonlocal waiting
+        waiting += 1
+        await asyncio.Event().wait()
+        return 0
+
+    @local.method("slow.stubborn", role=Role.MEMBER)
+    async def slow_stubborn(ctx: Context) -> str:
+        """Wait, and end anyway when cancelled: it ends after its batch was reported."""
+        nonlocal waiting
+        waiting += 1
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            stubborn.set()
+        return "late"
+
+    observed = Observed()
+    names = ["quick.ping", "quick.ping", "slow.forever", "quick.ping", "slow.stubborn"]
+    members = [{"jsonrpc": "2.0", "method": name, "id": n} for n, name in enumerate(names)]
+    dispatcher = Dispatcher(local, observe=observed)
+    task = asyncio.ensure_future(dispatcher.respond(protocol.Envelope(members, True), context(), UNBOUNDED))
+    for _ in range(100):
+        if waiting == 2:
+            break
+        await asyncio.sleep(0)
+    assert waiting == 2
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(stubborn.wait(), 5)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    # The three quick members ended and are reported with the batch; the cancelled one never
+    # ended; the one that ended after the report is reported on its own.
+    assert observed.messages == [[("quick.ping", "ok")] * 3, [("slow.stubborn", "ok")]]
 
 
 # -- declaration --------------------------------------------------------------------------------

@@ -39,8 +39,22 @@ BATCH_CONCURRENCY: Final = 16
 T = TypeVar("T")
 UNKNOWN_METHOD: Final = "(unknown)"
 
-# Called after every call with (method label, outcome, seconds, context); metrics and audit hook in here.
-CallObserver = Callable[[str, str, float, Context], None]
+# One finished call: method label, outcome, seconds it ran, the wall-clock time it ended, and the
+# (trace id, span id) of its span (None without tracing), for its metrics and its audit line.
+FinishedCall = tuple[str, str, float, float, tuple[str, str] | None]
+# Called once per message with the calls that ran, in the order they ended (a message cut short
+# reports the calls that did end); metrics and the audit log hook in here.
+CallObserver = Callable[[list[FinishedCall], Context], None]
+
+
+class Finished(list[FinishedCall]):
+    """The calls of one message that have ended; once reported, a late one is reported on its own."""
+
+    __slots__ = ("reported",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reported = False
 
 
 class Envelope:
@@ -114,7 +128,10 @@ class AnswerBudget:
 
     def take(self, answer: dict[str, Any]) -> bytes:
         """Encode one response object, or -32007 for its id when it would not fit any more."""
-        encoded = encode_answer(answer)
+        try:
+            encoded = codec.dumps(answer)
+        except (TypeError, ValueError):  # not JSON: encode_answer says so, and answers -32603
+            encoded = encode_answer(answer)
         # One byte more for the comma or bracket around it in a batch.
         if self.used + len(encoded) + 1 > self.limit:
             del encoded
@@ -138,6 +155,7 @@ def _valid_id(member: dict[str, Any]) -> Any:
 
 
 _clock: Final = time.perf_counter
+_wall_clock: Final = time.time
 _NO_ARGUMENTS: Final[dict[str, Any]] = {}
 # The types a valid id has (bool is excluded: it is not one of them, though a subclass of int).
 _ID_TYPES: Final = frozenset({str, int, float, type(None)})
@@ -209,14 +227,26 @@ class Dispatcher:
             return codec.dumps(error_answer(envelope.error))
         budget = AnswerBudget(max_bytes)
         members = envelope.members
-        if not envelope.is_batch:
-            answer = await self.call(members[0], ctx)
-            return None if answer is None else budget.take(answer)
-        parts = await self._run_batch(members, ctx, budget)
+        finished = Finished()
+        try:
+            if not envelope.is_batch:
+                answer = await self._call(members[0], ctx, finished)
+                return None if answer is None else budget.take(answer)
+            parts = await self._run_batch(members, ctx, budget, finished)
+        finally:
+            self._report(finished, ctx)
         present = [part for part in parts if part is not None]
         return b"[" + b",".join(present) + b"]" if present else None
 
-    async def _run_batch(self, members: list[Any], ctx: Context, budget: AnswerBudget) -> list[bytes | None]:
+    def _report(self, finished: Finished, ctx: Context) -> None:
+        """Hand the calls of a message to the observer, once, however the message ended."""
+        finished.reported = True
+        if finished and self.observe is not None:
+            self.observe(finished, ctx)
+
+    async def _run_batch(
+        self, members: list[Any], ctx: Context, budget: AnswerBudget, finished: Finished,
+    ) -> list[bytes | None]:
         """Answer a batch's members in order of the batch, the slow ones concurrently.
 
         Most members finish without waiting for anything (an answer from memory), and a task
@@ -233,51 +263,77 @@ class Dispatcher:
             # What the member sets while it runs (its tracing span) stays in this task's context
             # once it waits, so the members after it start from the context as it was before.
             before = contextvars.copy_context()
-            started = self._answer(member, ctx, budget)
+            started = self._call(member, ctx, finished)
             try:
                 waiting_on = started.send(None)
-            except StopIteration as finished:
-                parts.append(finished.value)
+            except StopIteration as done:
+                answer = done.value
+                parts.append(None if answer is None else budget.take(answer))
                 continue
             rest = members[index + 1:]
-            others = self._run_concurrently(rest, ctx, budget, before) if rest else None
+            others = self._run_concurrently(rest, ctx, budget, finished, before) if rest else None
             try:
-                parts.append(await _resume(started, waiting_on))
+                answer = await _resume(started, waiting_on)
             except BaseException:
                 if others is not None:
                     others.cancel()
                 raise
+            parts.append(None if answer is None else budget.take(answer))
             if others is not None:
                 parts.extend(await others)
             break
         return parts
 
     def _run_concurrently(
-        self, members: list[Any], ctx: Context, budget: AnswerBudget, context: contextvars.Context,
+        self, members: list[Any], ctx: Context, budget: AnswerBudget, finished: Finished,
+        context: contextvars.Context,
     ) -> asyncio.Future[list[bytes | None]]:
         """Start each member in a task of its own (one runs in the caller's), BATCH_CONCURRENCY in all."""
         loop = asyncio.get_running_loop()
         bound = BATCH_CONCURRENCY - 1
         if len(members) <= bound:
             # Within the bound anyway: no semaphore, and no wrapper coroutine per member.
-            runs = [self._answer(member, ctx, budget) for member in members]
+            runs = [self._answer(member, ctx, budget, finished) for member in members]
         else:
             gate = asyncio.Semaphore(bound)
 
             async def bounded(member: Any) -> bytes | None:
                 async with gate:
-                    return await self._answer(member, ctx, budget)
+                    return await self._answer(member, ctx, budget, finished)
 
             runs = [bounded(member) for member in members]
         return asyncio.gather(*(loop.create_task(run, context=context.copy()) for run in runs))
 
-    async def _answer(self, member: Any, ctx: Context, budget: AnswerBudget) -> bytes | None:
+    async def _answer(self, member: Any, ctx: Context, budget: AnswerBudget, finished: Finished) -> bytes | None:
         """Run one batch member and encode its answer at once, so no result outlives its call."""
-        answer = await self.call(member, ctx)
+        answer = await self._call(member, ctx, finished)
         return None if answer is None else budget.take(answer)
 
     async def call(self, member: Any, ctx: Context) -> dict[str, Any] | None:
-        """Run one Request object; None for a notification."""
+        """Run one Request object on its own (a message of one call); None for a notification."""
+        finished = Finished()
+        try:
+            return await self._call(member, ctx, finished)
+        finally:
+            self._report(finished, ctx)
+
+    def _finish(self, finished: Finished, ctx: Context, label: str, outcome: str, seconds: float) -> None:
+        """Note a call that ended (in its own span, with tracing on) among its message's calls."""
+        if finished.reported:
+            self._note(finished, ctx, (label, outcome, seconds, _wall_clock(), None))
+        else:
+            finished.append((label, outcome, seconds, _wall_clock(), None))
+
+    def _note(self, finished: Finished, ctx: Context, call: FinishedCall) -> None:
+        """Add one ended call to its message's, or report it alone if the message was reported already."""
+        if finished.reported:  # a member that ended after its batch was cut short
+            if self.observe is not None:
+                self.observe([call], ctx)
+        else:
+            finished.append(call)
+
+    async def _call(self, member: Any, ctx: Context, finished: Finished) -> dict[str, Any] | None:
+        """Run one Request object, noting how it ended in `finished`; None for a notification."""
         if not _is_plain_request(member):
             reason = _invalid_reason(member)
             if reason is not None:
@@ -312,8 +368,7 @@ class Dispatcher:
             answer = error_answer(InternalError(), request_id)
         else:
             answer = {"jsonrpc": "2.0", "result": result, "id": request_id}
-        if self.observe is not None:
-            self.observe(label, outcome, _clock() - started, ctx)
+        self._finish(finished, ctx, label, outcome, _clock() - started)
         return None if is_notification else answer
 
 
