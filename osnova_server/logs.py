@@ -120,6 +120,8 @@ def _level_number(level: str) -> int:
 # The whole second most consecutive lines share, formatted once; a tuple so that a reader on
 # another thread never sees a second paired with another second's text.
 _last_second: tuple[int, str] = (-1, "")
+# ".000Z" to ".999Z": a lookup instead of formatting the milliseconds of every line.
+_MILLISECONDS: Final = tuple(f".{millis:03d}Z" for millis in range(1000))
 
 
 def _timestamp(created: float) -> str:
@@ -130,7 +132,7 @@ def _timestamp(created: float) -> str:
     if cached_seconds != seconds:
         text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
         _last_second = (seconds, text)
-    return f"{text}.{int((created - seconds) * 1000):03d}Z"
+    return text + _MILLISECONDS[int((created - seconds) * 1000)]
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -166,18 +168,18 @@ class JsonFormatter(logging.Formatter):
 
     def _call_lines(self, record: logging.LogRecord, calls: Sequence[AuditedCall]) -> Iterator[str]:
         """The line of each call, as `audit("rpc", ...)` at the call's end would have written it."""
-        # The keys in the order of every JSON line, the call's own values filled in below.
-        head: dict[str, Any] = {
-            "ts": "", "level": record.levelname, "logger": record.name, "msg": record.getMessage(),
-            **_call_fields(_fields(record), ("", "", 0.0, 0.0, None)),
-        }
+        level, name, msg = record.levelname, record.name, record.getMessage()
+        fields = _fields(record)
+        event, principal = fields.get("event", "rpc"), fields.get("principal")
+        remote, transport = fields.get("remote"), fields.get("transport")
         record_ids = getattr(record, "trace_ids", None)
         for method, outcome, seconds, ended, ids in calls:
-            line = head.copy()
-            line["ts"] = _timestamp(ended)
-            line["method"] = method
-            line["outcome"] = outcome
-            line["duration_ms"] = round(seconds * 1000, 3)
+            # The keys of _call_fields, in its order, written out: this runs for every call.
+            line: dict[str, Any] = {
+                "ts": _timestamp(ended), "level": level, "logger": name, "msg": msg, "event": event,
+                "principal": principal, "method": method, "outcome": outcome,
+                "duration_ms": round(seconds * 1000, 3), "remote": remote, "transport": transport,
+            }
             ids = ids or record_ids
             if ids is not None:
                 line["trace_id"], line["span_id"] = ids

@@ -50,11 +50,9 @@ CallObserver = Callable[[list[FinishedCall], Context], None]
 class Finished(list[FinishedCall]):
     """The calls of one message that have ended; once reported, a late one is reported on its own."""
 
-    __slots__ = ("reported",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reported = False
+    # A class default instead of __slots__ and an __init__: one is made per message, and a
+    # Python-level __init__ would cost more than the list itself; `reported` is set once.
+    reported = False
 
 
 class Envelope:
