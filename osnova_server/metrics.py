@@ -75,7 +75,7 @@ class Metrics:
 
     __slots__ = (
         "registry", "rpc_requests", "rpc_duration", "http_requests", "active_connections",
-        "ws_messages", "_calls", "_durations", "_answers", "_process",
+        "ws_messages", "_calls", "_answers", "_process",
         "devices", "apps", "auth_failures", "bans", "banned", "certificate_expiry", "breaker_transitions", "spans_dropped",
     )
 
@@ -119,10 +119,9 @@ class Metrics:
             "Spans not exported, by reason: queue_full (the collector is slow or down) or export_failed.",
             registry=registry,
         )
-        # (method, outcome) -> calls; method -> [count per bucket..., count above the last, sum];
-        # (route, status) -> answers.
-        self._calls: dict[tuple[str, str], int] = {}
-        self._durations: dict[str, list[float]] = {}
+        # method -> ({outcome: calls}, [count per bucket..., count above the last, sum of seconds]),
+        # one lookup per method; (route, status) -> answers.
+        self._calls: dict[str, tuple[dict[str, int], list[float]]] = {}
         self._answers: dict[tuple[str, int], int] = {}
 
     def observe_call(self, method: str, outcome: str, seconds: float, ctx: Context) -> None:
@@ -131,16 +130,18 @@ class Metrics:
 
     def observe_calls(self, calls: Iterable[FinishedCall]) -> None:
         """Count the RPC calls of one message and record their durations."""
-        counts = self._calls
-        durations_of = self._durations
-        for call in calls:
-            method = call[0]
-            seconds = call[2]
-            key = (method, call[1])
-            counts[key] = counts.get(key, 0) + 1
-            durations = durations_of.get(method)
-            if durations is None:
-                durations = durations_of[method] = [0.0] * (len(DURATION_BUCKETS) + 2)
+        by_method = self._calls
+        last = None
+        outcomes: dict[str, int] = {}
+        durations: list[float] = []
+        for method, outcome, seconds, _, _ in calls:
+            if method is not last:  # a batch's members often call one method: looked up once
+                entry = by_method.get(method)
+                if entry is None:
+                    entry = by_method[method] = ({}, [0.0] * (len(DURATION_BUCKETS) + 2))
+                outcomes, durations = entry
+                last = method
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
             # bisect_left finds the first bound >= seconds: Prometheus buckets are `le`.
             durations[bisect_left(DURATION_BUCKETS, seconds)] += 1
             durations[-1] += seconds
@@ -160,9 +161,9 @@ class Metrics:
         process_metrics.publish(self._process)
         if household is not None:
             self._publish_household(household)
-        for (method, outcome), count in self._calls.items():
-            self.rpc_requests.set({"method": method, "outcome": outcome}, count)
-        for method, durations in self._durations.items():
+        for method, (outcomes, durations) in self._calls.items():
+            for outcome, count in outcomes.items():
+                self.rpc_requests.set({"method": method, "outcome": outcome}, count)
             value = HistogramValue(*DURATION_BUCKETS)
             cumulative = 0
             for bound, in_bucket in zip(value.buckets, durations):

@@ -208,6 +208,23 @@ def test_scraping_twice_shows_totals_not_doubled_counts() -> None:
     assert value(second, "ws_messages_total", direction="in") == 2
 
 
+def test_a_message_of_mixed_calls_counts_each_by_method_and_outcome() -> None:
+    metrics = Metrics()
+    metrics.observe_calls([
+        ("status.get", "ok", 0.001, 0.0, None), ("status.get", "ok", 0.003, 0.0, None),
+        ("apps.list", "forbidden", 0.0001, 0.0, None), ("status.get", "internal_error", 0.02, 0.0, None),
+        ("apps.list", "ok", 0.3, 0.0, None),
+    ])
+    samples = rendered(metrics)
+    assert value(samples, "rpc_requests_total", method="status.get", outcome="ok") == 2
+    assert value(samples, "rpc_requests_total", method="status.get", outcome="internal_error") == 1
+    assert value(samples, "rpc_requests_total", method="apps.list", outcome="forbidden") == 1
+    assert value(samples, "rpc_requests_total", method="apps.list", outcome="ok") == 1
+    assert value(samples, "rpc_request_duration_seconds_count", method="status.get") == 3
+    assert value(samples, "rpc_request_duration_seconds_bucket", method="status.get", le="0.0025") == 1
+    assert value(samples, "rpc_request_duration_seconds_sum", method="apps.list") == pytest.approx(0.3001)
+
+
 async def test_process_and_build_info_are_exported(osnova: RunningServer) -> None:
     """process_* as every exporter has them, and osnova_build_info naming the version."""
     samples = parse((await scrape(osnova))[1])
