@@ -252,6 +252,9 @@ class _QueueHandler(logging.handlers.QueueHandler):
 
     def handle(self, record: logging.LogRecord) -> bool:
         """Filter and queue the record; SimpleQueue is thread-safe, so the handler lock is skipped."""
+        if not self.filters:  # as it is set up: no filter to run
+            self.emit(record)
+            return True
         passed = self.filter(record)
         if isinstance(passed, logging.LogRecord):  # Python 3.12+: a filter may swap the record
             record = passed
@@ -329,8 +332,14 @@ class _QueueListener(logging.handlers.QueueListener):
     def _write(self, record: logging.LogRecord) -> None:
         """Hand one record to the sink (QueueListener.handle, minus its generic handler loop)."""
         sink = self._sink
-        if record.levelno >= sink.level:
+        if record.levelno < sink.level:
+            return
+        if sink.filters:
             sink.handle(record)
+        else:
+            # Only this thread writes to the sink (stop() flushes and closes it once this thread
+            # has ended), so Handler.handle's lock and empty filter pass can be skipped.
+            sink.emit(record)
 
 
 def is_journal(stream: TextIO, environ: Mapping[str, str] = os.environ) -> bool:
