@@ -155,7 +155,10 @@ async def websocket_view(request: web.Request) -> web.StreamResponse:
     try:
         await socket.prepare(request)
         connection.start()
-        await _serve_connection(connection, state, claims)
+        reader = await _open_session(connection, state, claims)
+        # Awaited here, not in a helper, so an idle socket holds one frame fewer.
+        if reader is not None and not await reader.read():
+            await reader.finished()
     finally:
         state.runtime.slots.release(connection.id)
         connection.close(socket.close_code or WSCloseCode.OK, "")
@@ -167,29 +170,29 @@ async def websocket_view(request: web.Request) -> web.StreamResponse:
     return socket
 
 
-async def _serve_connection(connection: ClientConnection, state: ServerState, claims: Claims | None) -> None:
-    """Authenticate if needed, say `connected`, then serve messages until the socket closes."""
+async def _open_session(connection: ClientConnection, state: ServerState, claims: Claims | None) -> _Reader | None:
+    """Authenticate if needed and say `connected`; the socket's reader, or None once it is closing."""
     runtime = state.runtime
     pool = connection.pool
     if claims is None:
         authenticated = await _authenticate(connection, runtime)
         if authenticated is None:
-            return
+            return None
         claims, request_id = authenticated
         held = pool.slot_refusal(claims)
         if held is not None:
             connection.close(WSCloseCode.TRY_AGAIN_LATER, _slot_refusal(held))  # it stops waiting too
-            return
+            return None
         pool.admit(connection, claims)
         connection.authenticate(claims)
         refused = await _claim_shared_slot(connection, runtime, claims)
         if refused is not None:
             connection.close(WSCloseCode.TRY_AGAIN_LATER, refused)
-            return
+            return None
         if request_id is not _NOTIFICATION:
             connection.send(codec.dumps({"jsonrpc": "2.0", "result": True, "id": request_id}))
     if connection.closing:
-        return
+        return None
     runtime.record_seen(claims)
     connection.send(codec.dumps({
         "jsonrpc": "2.0", "method": "connected",
@@ -199,7 +202,7 @@ async def _serve_connection(connection: ClientConnection, state: ServerState, cl
         "ws", outcome="connected", connection=connection.id, principal=principal_of(claims),
         remote=connection.address,
     )
-    await _Reader(connection, state, claims).run()
+    return _Reader(connection, state, claims)
 
 
 _NOTIFICATION: Final = object()
@@ -340,28 +343,30 @@ class _Reader:
         self.runtime = state.runtime
         self.bucket = bucket_key(claims, connection.address)
         self.count_in = state.metrics.ws_messages.inc
-        # Resolved by whichever task sees the socket end (the first task waits for it).
-        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Made when reading first moves to a new task; resolved by the task that sees the
+        # socket end, for the first one to wait on.
+        self.ended: asyncio.Future[None] | None = None
         # The task reading now, when it is not the first one (a reference keeps it alive).
         self.task: asyncio.Task[None] | None = None
 
-    async def run(self) -> None:
-        """Serve until the socket is done (called in the connection's own task)."""
-        if not await self.read():
+    async def finished(self) -> None:
+        """Wait until the task reading now sees the socket end (after `read` returned False)."""
+        if self.ended is not None:
             await self.ended
 
-    async def _read_on(self) -> None:
+    async def _read_on(self, ended: asyncio.Future[None]) -> None:
         """Go on reading in a task of its own while the call that waited runs in the previous one."""
         try:
             done = await self.read()
-        except BaseException as err:
-            if not self.ended.done():
-                self.ended.set_exception(err)
-            if not isinstance(err, Exception):
-                raise
+        except asyncio.CancelledError:
+            ended.cancel()
+            raise
+        except Exception as err:  # noqa: BLE001 - handed to the connection's own task, which raises it
+            if not ended.done():
+                ended.set_exception(err)
             return
-        if done and not self.ended.done():
-            self.ended.set_result(None)
+        if done and not ended.done():
+            ended.set_result(None)
 
     async def read(self) -> bool:
         """Read and run frames; True once the socket is done, False if reading went on in a new task."""
@@ -405,8 +410,10 @@ class _Reader:
                         await asyncio.sleep(0)
                     continue
                 connection.call_started()
+                if self.ended is None:
+                    self.ended = asyncio.get_running_loop().create_future()
                 try:
-                    self.task = asyncio.get_running_loop().create_task(self._read_on(), context=before)
+                    self.task = asyncio.get_running_loop().create_task(self._read_on(self.ended), context=before)
                     await resume_started(serving, waiting_on)
                 finally:
                     connection.call_ended()
