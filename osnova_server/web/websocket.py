@@ -333,7 +333,7 @@ class _Reader:
     `[limits] max_ws_queue_bytes` of answers wait to be sent, the socket is not read.
     """
 
-    __slots__ = ("connection", "ctx", "claims", "dispatcher", "runtime", "bucket", "count_in", "ended", "task")
+    __slots__ = ("connection", "ctx", "claims", "dispatcher", "runtime", "bucket", "messages", "ended", "tasks")
 
     def __init__(self, connection: ClientConnection, state: ServerState, claims: Claims) -> None:
         self.connection = connection
@@ -342,12 +342,13 @@ class _Reader:
         self.dispatcher = state.dispatcher
         self.runtime = state.runtime
         self.bucket = bucket_key(claims, connection.address)
-        self.count_in = state.metrics.ws_messages.inc
+        self.messages = state.metrics.ws_messages
         # Made when reading first moves to a new task; resolved by the task that sees the
         # socket end, for the first one to wait on.
         self.ended: asyncio.Future[None] | None = None
-        # The task reading now, when it is not the first one (a reference keeps it alive).
-        self.task: asyncio.Task[None] | None = None
+        # The tasks made to go on reading (each may be running a call that waited by now):
+        # the loop keeps only weak references to tasks. Made with the first.
+        self.tasks: set[asyncio.Task[None]] | None = None
 
     async def finished(self) -> None:
         """Wait until the task reading now sees the socket end (after `read` returned False)."""
@@ -372,8 +373,9 @@ class _Reader:
         """Read and run frames; True once the socket is done, False if reading went on in a new task."""
         connection = self.connection
         socket = connection.socket
-        count_in = self.count_in
-        record_seen = self.runtime.record_seen
+        # Not bound methods: a local of this suspended frame lives as long as an idle socket.
+        messages = self.messages
+        runtime = self.runtime
         claims = self.claims
         quick = 0
         while True:
@@ -386,11 +388,11 @@ class _Reader:
             message = await socket.receive()
             kind = message.type
             if kind is WSMsgType.TEXT:
-                count_in(_IN)
+                messages.inc(_IN)
                 if connection.draining:
                     continue  # closing with a grace period: calls that arrive now are not run
                 connection.touch()
-                record_seen(claims)
+                runtime.record_seen(claims)
                 if connection.calls >= MAX_IN_FLIGHT:
                     await connection.wait_for_calls(MAX_IN_FLIGHT - 1)
                     if connection.draining:
@@ -413,7 +415,11 @@ class _Reader:
                 if self.ended is None:
                     self.ended = asyncio.get_running_loop().create_future()
                 try:
-                    self.task = asyncio.get_running_loop().create_task(self._read_on(self.ended), context=before)
+                    task = asyncio.get_running_loop().create_task(self._read_on(self.ended), context=before)
+                    if self.tasks is None:
+                        self.tasks = set()
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
                     await resume_started(serving, waiting_on)
                 finally:
                     connection.call_ended()
@@ -424,7 +430,7 @@ class _Reader:
             elif kind is WSMsgType.PONG:
                 continue
             elif kind is WSMsgType.BINARY:
-                count_in(_IN)
+                messages.inc(_IN)
                 connection.close(WSCloseCode.UNSUPPORTED_DATA, "binary frames are not accepted; send JSON-RPC as text")
                 return True
             else:
