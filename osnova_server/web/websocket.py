@@ -90,6 +90,7 @@ def setup_websocket(app: web.Application) -> None:
         runtime.connection_count = pool.__len__
         listening.append(runtime.events.listen(_event_listener(pool, runtime)))
         reaping.append(await runtime.scheduler.spawn(_reap(pool, runtime)))
+        reaping.append(await runtime.scheduler.spawn(_heartbeat(pool, runtime)))
 
     async def stop(app: web.Application) -> None:
         pool.accepting = False
@@ -114,7 +115,9 @@ async def websocket_view(request: web.Request) -> web.StreamResponse:
     pool = request.app[POOL_KEY]
     config = state.runtime.config
     socket = web.WebSocketResponse(
-        heartbeat=float(config.server.ws_heartbeat),
+        # None: the pool's heartbeat job pings silent sockets (`_heartbeat`); aiohttp's own
+        # heartbeat re-arms a timer through a loop callback for every frame received.
+        heartbeat=None,
         # aiohttp refuses a frame of exactly max_msg_size bytes; the limit is "at most N bytes".
         max_msg_size=config.limits.max_ws_message_bytes + 1,
         # Off: JSON-RPC messages are small, and a deflate context costs ~100 KiB per socket.
@@ -241,10 +244,12 @@ async def _authenticate(connection: ClientConnection, runtime: Runtime) -> tuple
             while True:
                 message = await socket.receive()
                 if message.type is WSMsgType.PING:
+                    connection.heard()
                     await socket.pong(message.data)
                     continue
                 if message.type is not WSMsgType.PONG:
                     break
+                connection.heard()
     except TimeoutError:
         # Holding an authentication slot without a word is squatting: it counts like a bad token.
         audit("auth", outcome="refused", reason="no auth message", remote=connection.address, transport="ws")
@@ -428,7 +433,7 @@ class _Reader:
                 connection.touch()
                 await socket.pong(message.data)
             elif kind is WSMsgType.PONG:
-                continue
+                connection.heard()
             elif kind is WSMsgType.BINARY:
                 messages.inc(_IN)
                 connection.close(WSCloseCode.UNSUPPORTED_DATA, "binary frames are not accepted; send JSON-RPC as text")
@@ -515,6 +520,20 @@ async def _reap(pool: ConnectionPool, runtime: Runtime) -> None:
                 connection.id, connection.address, connection.device_id or "-", timeout, connection.queued_bytes,
             )
             connection.close(WSCloseCode.POLICY_VIOLATION, CLIENT_NOT_READING)
+
+
+async def _heartbeat(pool: ConnectionPool, runtime: Runtime) -> None:
+    """Ping sockets silent for [server] ws_heartbeat seconds; drop those that do not answer (an aiojobs job).
+
+    Every socket, authenticated or not, is looked at every ws_heartbeat / 4 seconds: one that
+    sent nothing for ws_heartbeat seconds is pinged, and one that then sends nothing (no pong)
+    for ws_heartbeat / 2 seconds more is dropped and its slot freed, as aiohttp's heartbeat does.
+    """
+    while True:
+        interval = float(runtime.config.server.ws_heartbeat)
+        await asyncio.sleep(interval / 4)
+        for connection in pool.everyone():
+            connection.keep_alive(interval)
 
 
 async def _close_all(pool: ConnectionPool, timeout: float) -> None:
