@@ -69,6 +69,8 @@ RETRY_AFTER_BUSY: Final = 5
 
 AUTH_EXAMPLE: Final = '{"jsonrpc": "2.0", "method": "auth", "params": {"token": "..."}, "id": 1}'
 _IN: Final = {"direction": "in"}
+# Looked up once: an enum member read off its class costs 60-70 ns, on every message.
+_TEXT: Final = WSMsgType.TEXT
 
 
 def setup_websocket(app: web.Application) -> None:
@@ -381,6 +383,7 @@ class _Reader:
         # Not bound methods: a local of this suspended frame lives as long as an idle socket.
         messages = self.messages
         runtime = self.runtime
+        clock = connection.pool.clock
         claims = self.claims
         quick = 0
         while True:
@@ -392,11 +395,11 @@ class _Reader:
                     return True
             message = await socket.receive()
             kind = message.type
-            if kind is WSMsgType.TEXT:
+            if kind is _TEXT:
                 messages.inc(_IN)
                 if connection.draining:
                     continue  # closing with a grace period: calls that arrive now are not run
-                connection.touch()
+                connection.last_activity = connection.last_heard = clock()  # touch(), inlined
                 runtime.record_seen(claims)
                 if connection.calls >= MAX_IN_FLIGHT:
                     await connection.wait_for_calls(MAX_IN_FLIGHT - 1)
