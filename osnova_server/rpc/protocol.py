@@ -186,10 +186,12 @@ def _invalid_reason(member: Any) -> str | None:
 
 
 @types.coroutine
-def _resume(started: Coroutine[Any, Any, T], waiting_on: Any) -> Generator[Any, Any, T]:
+def resume_started(started: Coroutine[Any, Any, T], waiting_on: Any) -> Generator[Any, Any, T]:
     """Go on running a coroutine that was started by hand and is waiting on `waiting_on`.
 
-    The running task is handed what the coroutine waits on and passes back what it sends or
+    Whoever runs a call by hand (`coro.send(None)`) so that one that does not wait costs no task
+    (a batch's members here, a WebSocket's messages in web/websocket.py, a written frame in
+    web/pool.py) awaits this when it did wait. The running task is handed what the coroutine waits on and passes back what it sends or
     throws (a result, or a cancellation), until the coroutine returns.
     """
     while True:
@@ -271,7 +273,7 @@ class Dispatcher:
             rest = members[index + 1:]
             others = self._run_concurrently(rest, ctx, budget, finished, before) if rest else None
             try:
-                answer = await _resume(started, waiting_on)
+                answer = await resume_started(started, waiting_on)
             except BaseException:
                 if others is not None:
                     others.cancel()

@@ -34,7 +34,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from osnova_server.events import Event
 from osnova_server.rpc import codec
-from osnova_server.rpc.protocol import _resume as resume_started  # goes on with a coroutine started by hand
+from osnova_server.rpc.protocol import resume_started
 
 if TYPE_CHECKING:
     from osnova_server.metrics import Metrics

@@ -33,8 +33,7 @@ from osnova_server.events import DEVICES_REVOKED, Event, Listener
 from osnova_server.logs import audit
 from osnova_server.rpc import codec, protocol
 from osnova_server.rpc.context import Context
-from osnova_server.rpc.protocol import Envelope, error_answer
-from osnova_server.rpc.protocol import _resume as resume_started  # goes on with a coroutine started by hand
+from osnova_server.rpc.protocol import Envelope, error_answer, resume_started
 from osnova_server.runtime import Runtime
 from osnova_server.security.ratelimit import RateLimiter, retry_after_header
 from osnova_server.security.tokens import Claims, TokenInvalid
