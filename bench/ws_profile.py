@@ -1,9 +1,10 @@
 """Where the time of a /ws round trip goes: py-spy on osnova-server under ws_bench's load.
 
-    python bench/ws_profile.py [--seconds 8] [--connections 50] [--uvloop] [--echo] [--raw profile.txt]
+    python bench/ws_profile.py [--seconds 8] [--connections 50] [--uvloop] [--echo] [--log-level info] [--raw profile.txt]
 
 Starts osnova-server as bench/ws_bench.py does (50 paired devices, pinned to CPU 0, log level
-warning), drives it from CPU 1 with ws_bench's round-trip load (each socket sends `apps.list`
+info as in bench/run.py's rows, so every call writes its audit line; `--log-level warning` leaves
+the audit log out), drives it from CPU 1 with ws_bench's round-trip load (each socket sends `apps.list`
 when its previous answer arrives), samples it with `py-spy record --gil` and prints the share of
 samples by owner (the innermost frame that belongs to a known part) and the functions with the
 most samples of their own. Needs py-spy (in the venv). Not part of the test suite.
@@ -83,6 +84,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--uvloop", action="store_true", help="the server on uvloop")
     parser.add_argument("--echo", action="store_true", help="profile ws_bench's bare aiohttp echo instead")
+    parser.add_argument("--log-level", default="info", help="osnova-server [logging] level (info audits every call)")
     parser.add_argument("--raw", type=Path, help="keep py-spy's raw output here")
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
@@ -93,7 +95,7 @@ def main() -> int:
         if args.echo:
             target = ws_bench.start_echo(Path(tmp) / "echo", args.uvloop)
         else:
-            target = ws_bench.start_osnova(Path(tmp) / "osnova", 0, "warning", args.uvloop)
+            target = ws_bench.start_osnova(Path(tmp) / "osnova", 0, args.log_level, args.uvloop)
         try:
             ws_bench.run_async(ws_bench.round_trips(target, args.connections, 1.0))  # warm up
             sampler = subprocess.Popen([
