@@ -1,13 +1,15 @@
 """Where the time of an authenticated /rpc call goes: py-spy on osnova-server under wrk.
 
     python bench/profile.py [--seconds 8] [--method identity.status] [--batch 0] [--asyncio]
-                            [--access-log] [--raw profile.txt]
+                            [--access-log] [--bare] [--raw profile.txt]
 
 Starts osnova-server as bench/run.py does (pinned to CPU 0, audit log on, access log off unless
 asked), drives it with wrk from CPU 1, samples it with `py-spy record --gil` (only the thread
 holding the GIL, so samples are CPU time of Python code and of the C it calls) and prints the
 share of samples by owner: each sample goes to the innermost frame that belongs to a known part,
 so time spent inside aiohttp's Response.__init__ called from the RPC view counts as aiohttp.
+`--bare` profiles the bare aiohttp peer of run.py's table the same way, so the two breakdowns can
+be set side by side (its handler, JSON included, has no owner of ours and counts as aiohttp).
 Needs py-spy (pip install py-spy; it may need root or ptrace permission).
 """
 
@@ -89,6 +91,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=0, help="send batches of this many calls")
     parser.add_argument("--asyncio", action="store_true", help="asyncio's loop instead of uvloop")
     parser.add_argument("--access-log", action="store_true", help="with aiohttp's access log on")
+    parser.add_argument("--bare", action="store_true",
+                        help="profile the bare aiohttp peer (bench/peers.py) instead: the ceiling, by the same owners")
     parser.add_argument("--raw", type=Path, help="keep py-spy's raw output here")
     args = parser.parse_args()
     for tool in ("wrk", "py-spy"):
@@ -100,7 +104,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="osnova-profile-") as tmp:
         workdir = Path(tmp)
         raw = args.raw or workdir / "raw.txt"
-        process, _, _ = run.start_osnova(workdir, stack, access_log=args.access_log)
+        if args.bare:
+            process = run.start_peer("bare", stack)
+        else:
+            process, _, _ = run.start_osnova(workdir, stack, access_log=args.access_log)
         try:
             run.wrk(process, "/rpc", body, 2)  # warm up
             spy = subprocess.Popen(
@@ -117,7 +124,8 @@ def main() -> int:
             print(f"profile: py-spy failed: {errors.strip()}", file=sys.stderr)
             return 1
         what = f"batches of {args.batch} {args.method}" if args.batch else args.method
-        print(f"{what} on {stack.name}, access log {'on' if args.access_log else 'off'}: "
+        server = "bare aiohttp" if args.bare else f"osnova, access log {'on' if args.access_log else 'off'}"
+        print(f"{what} on {stack.name}, {server}: "
               f"{result.rps:.0f} req/s, p99 {result.p99_ms:.2f} ms, {result.cpu_us:.1f} µs of server CPU per request")
         for owner, share in summarise(raw):
             print(f"{share * 100:5.1f}%  {share * result.cpu_us:5.1f} µs  {owner}")
