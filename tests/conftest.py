@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -317,3 +317,30 @@ def haproxy(tmp_path: Path) -> Iterator[Callable[[list[int]], services.HAProxy]]
     yield start
     for proxy in started:
         proxy.stop()
+
+
+@contextmanager
+def lock_holder(state_dir: Path, kind: str = "serve") -> Iterator[subprocess.Popen[str]]:
+    """Another process holding `state_dir`'s lock as a `kind` (serve, migrate, restore) until the block ends.
+
+    It is SIGKILLed at the end, the way a crash would end it: the kernel then drops the flock.
+    """
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import time\n"
+            "from pathlib import Path\n"
+            "from osnova_server.statelock import StateLock\n"
+            f"lock = StateLock.acquire(Path({str(state_dir)!r}), {kind!r})\n"
+            "print('locked', flush=True)\n"
+            "time.sleep(60)\n"
+        )],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()

@@ -6,8 +6,6 @@ import datetime as dt
 import os
 import socket
 import ssl
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +20,7 @@ from osnova_server import config as config_module
 from osnova_server.client import OsnovaClient, RpcCallError, TransportError
 from osnova_server.errors import UNAUTHORIZED
 from osnova_server.security.tls import certificate_fingerprint, generate_self_signed
-from tests.conftest import ServerProcess, cli, free_port, make_config, write_config
+from tests.conftest import ServerProcess, cli, free_port, lock_holder, make_config, write_config
 from tests.test_tls import spki_fingerprint, write_pair
 
 Start = Callable[..., ServerProcess]
@@ -152,28 +150,13 @@ def test_cert_renew_leaves_a_running_migration_alone(tmp_path: Path) -> None:
     state = tmp_path / "state"
     assert cli("--config", str(path), "init", "--state-dir", str(state), "--self-signed").returncode == 0
     # A `migrate` (or `restore`) holding the state dir: SIGHUP, meant for a server, would kill it.
-    holder = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import time\n"
-            "from pathlib import Path\n"
-            "from osnova_server.statelock import StateLock\n"
-            f"lock = StateLock.acquire(Path({str(state)!r}), 'migrate')\n"
-            "print('locked', flush=True)\n"
-            "time.sleep(60)\n"
-        )],
-        stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    with lock_holder(state, "migrate") as holder:
         result = cli("--config", str(path), "cert", "renew")
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines()[1] == (
             "no server is running on this state directory; it serves the new certificate when it starts"
         )
         assert holder.poll() is None  # not signalled
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_cert_renew_with_tls_off_exits_2_saying_why(tmp_path: Path) -> None:

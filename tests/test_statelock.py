@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +12,7 @@ import pytest
 from osnova_server import config as config_module
 from osnova_server.server import Server, StartupError
 from osnova_server.statelock import LOCK_NAME, StateDirBusy, StateLock, holder_pid, server_pid
-from tests.conftest import ServerProcess, cli, free_port, make_config, running_server, write_config
+from tests.conftest import ServerProcess, cli, free_port, lock_holder, make_config, running_server, write_config
 
 Start = Callable[..., ServerProcess]
 
@@ -52,25 +49,10 @@ def test_a_lock_file_with_a_pid_alone_is_a_server_of_an_earlier_version(state_di
 
 
 def test_kill_9_releases_the_lock(state_dir: Path) -> None:
-    holder = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import time\n"
-            "from pathlib import Path\n"
-            "from osnova_server.statelock import StateLock\n"
-            f"lock = StateLock.acquire(Path({str(state_dir)!r}))\n"
-            "print('locked', flush=True)\n"
-            "time.sleep(60)\n"
-        )],
-        stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    with lock_holder(state_dir) as holder:  # SIGKILLed when the block ends
         with pytest.raises(StateDirBusy) as refused:
             StateLock.acquire(state_dir)
         assert refused.value.pid == holder.pid
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
     # The PID of the dead holder is still written in the file; only the flock counts.
     assert (state_dir / LOCK_NAME).read_text() == f"{holder.pid} serve\n"
     assert holder_pid(state_dir) is None
