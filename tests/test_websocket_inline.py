@@ -10,15 +10,19 @@ once and answers that had to queue behind a full socket buffer go out in one ord
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 from aiohttp import web
 
-from tests.conftest import make_config, running_server
+from osnova_server.web.websocket import QUICK_RUN
+from tests.conftest import RunningServer, make_config, running_server
 from tests.servers import bound_loopback_socket
 from tests.test_fetch_slots import SlowHost
 from tests.test_websocket import connected, eventually, pool_of, request, ws_connect
@@ -110,3 +114,111 @@ async def test_answers_written_at_once_and_answers_queued_behind_a_full_buffer_k
         await eventually(lambda: _true(connection.queued_bytes == 0 and not connection.outgoing))
         await ws.send(request("apps.list", request_id="last"))
         assert json.loads(await asyncio.wait_for(ws.recv(), 5))["id"] == "last"
+
+
+# -- a client that floods one socket must let the loop serve the others -----------------------
+
+PING: Final = 0x9
+PONG: Final = 0xA
+TEXT: Final = 0x1
+
+
+async def _raw_socket(server: RunningServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A hand-made WebSocket client (so a flood is one write), authenticated, `connected` read."""
+    port = server.server.port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"Authorization: Bearer {server.admin_token()}\r\n\r\n".encode(),
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    opcode, hello = await asyncio.wait_for(_read_frame(reader), 5)
+    assert opcode == TEXT and json.loads(hello)["method"] == "connected"
+    return reader, writer
+
+
+def _frame(opcode: int, payload: bytes = b"") -> bytes:
+    """One masked client frame (an all-zero mask: the payload goes as it is)."""
+    size = len(payload)
+    length = bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + struct.pack("!H", size)
+    return bytes([0x80 | opcode]) + length + b"\0\0\0\0" + payload
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One unmasked server frame: its opcode and payload (no task per frame: no loop turn either)."""
+    first, second = await reader.readexactly(2)
+    size = second & 0x7F
+    if size == 126:
+        (size,) = struct.unpack("!H", await reader.readexactly(2))
+    elif size == 127:
+        (size,) = struct.unpack("!Q", await reader.readexactly(8))
+    return first & 0x0F, await reader.readexactly(size)
+
+
+class _LoopTurns:
+    """Counts the loop's turns while a flood is served: how often other sockets could run.
+
+    The client reads with no timeout per frame (asyncio.wait_for makes a task, a turn, each), so
+    the turns counted are the server's pauses and the client's reads of a whole socket buffer.
+    """
+
+    def __init__(self) -> None:
+        self.turns = 0
+        self._task = asyncio.create_task(self._count())
+
+    async def _count(self) -> None:
+        while True:
+            await asyncio.sleep(0)
+            self.turns += 1
+
+    async def stop(self) -> int:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        return self.turns
+
+
+async def test_a_flood_of_pings_in_one_read_lets_the_loop_run_every_quick_run_frames(state_dir: Path) -> None:
+    # 40,000 empty pings are 240 KB, one socket read; each is answered without waiting, so
+    # without a pause the reader answered them all in one go and held the loop for it.
+    pings = 40_000
+    async with running_server(make_config(state_dir)) as server:
+        reader, writer = await _raw_socket(server)
+        try:
+            counting = _LoopTurns()
+            writer.write(_frame(PING) * pings + _frame(TEXT, request("apps.list", request_id="after").encode()))
+            pongs = 0
+            async with asyncio.timeout(10):
+                while (frame := await _read_frame(reader))[0] == PONG:
+                    pongs += 1
+            turns = await counting.stop()
+            assert pongs == pings
+            assert json.loads(frame[1]) == {"jsonrpc": "2.0", "result": [], "id": "after"}
+            # One pause per QUICK_RUN frames would be 625; with none, a handful (one per read).
+            assert turns >= pings // QUICK_RUN // 2
+        finally:
+            writer.close()
+
+
+async def test_pipelined_batches_let_the_loop_run_every_quick_run_calls(state_dir: Path) -> None:
+    # A batch's members are calls too: 64 batches of 100 quick calls in a row held the loop
+    # for 6,400 calls where 64 single calls would have held it for 64.
+    batches, size = 50, 100
+    config = make_config(state_dir, rate_limit={"requests_per_second": 100_000.0, "burst_size": 100_000})
+    async with running_server(config) as server:
+        reader, writer = await _raw_socket(server)
+        try:
+            counting = _LoopTurns()
+            batch = json.dumps([json.loads(request("apps.list", request_id=i)) for i in range(size)]).encode()
+            writer.write(_frame(TEXT, batch) * batches)
+            async with asyncio.timeout(10):
+                for _ in range(batches):
+                    opcode, answer = await _read_frame(reader)
+                    assert opcode == TEXT and [member["result"] for member in json.loads(answer)] == [[]] * size
+            turns = await counting.stop()
+            # One pause per QUICK_RUN calls would be 78 (one per batch here); one per 64 batches, 1.
+            assert turns >= batches * size // QUICK_RUN // 2
+        finally:
+            writer.close()

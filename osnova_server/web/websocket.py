@@ -57,7 +57,8 @@ POOL_KEY: Final = web.AppKey("ws_pool", ConnectionPool)
 
 # Calls of one socket waiting at once; past this the socket is not read until one finishes.
 MAX_IN_FLIGHT: Final = 32
-# Messages answered without waiting in a row before the reader lets the loop run other sockets.
+# Calls answered without waiting (a batch counts each member; a ping or a pong counts as one)
+# in a row before the reader lets the loop run other sockets.
 QUICK_RUN: Final = 64
 # The reaper looks every idle_timeout / 4 seconds, but at least this often.
 REAP_INTERVAL_MAX: Final = 5.0
@@ -410,11 +411,11 @@ class _Reader:
                 serving = self.serve(message.data)
                 try:
                     waiting_on = serving.send(None)
-                except StopIteration:
-                    quick += 1
+                except StopIteration as done:
+                    quick += done.value
                     if quick >= QUICK_RUN:
-                        # A client that pipelines many quick calls must not keep the loop from
-                        # every other socket: let it run once in a while.
+                        # A client that pipelines many quick calls (or batches) must not keep
+                        # the loop from every other socket: let it run once in a while.
                         quick = 0
                         await asyncio.sleep(0)
                     continue
@@ -445,11 +446,18 @@ class _Reader:
                 # once the calls still waiting are over.
                 connection.close(socket.close_code or WSCloseCode.OK, "")
                 return True
+            # A ping or a pong, answered without waiting too: a flood of these tiny frames
+            # (40,000 fit in one socket read) must not hold the loop longer than one of calls.
+            quick += 1
+            if quick >= QUICK_RUN:
+                quick = 0
+                await asyncio.sleep(0)
 
-    async def serve(self, raw: str) -> None:
-        """Run one message and send its answer, if one is owed."""
+    async def serve(self, raw: str) -> int:
+        """Run one message and send its answer, if one is owed; how many calls it held (for QUICK_RUN)."""
         runtime = self.runtime
         limits = runtime.config.limits
+        envelope: Envelope | None = None
         try:
             envelope = protocol.decode(raw, limits.max_batch)
             limiter = runtime.limiter
@@ -466,6 +474,7 @@ class _Reader:
                 self.connection.send(answer)
         except Exception:
             _LOGGER.exception("WebSocket %s: a message could not be served", self.connection.id)
+        return 1 if envelope is None else envelope.cost
 
 
 def _request_id(member: Any) -> Any:
