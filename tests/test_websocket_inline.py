@@ -25,7 +25,7 @@ from osnova_server.web.websocket import QUICK_RUN
 from tests.conftest import RunningServer, make_config, running_server
 from tests.servers import bound_loopback_socket
 from tests.test_fetch_slots import SlowHost
-from tests.test_websocket import connected, eventually, pool_of, request, ws_connect
+from tests.test_websocket import auth_message, connected, eventually, pool_of, request, ws_connect
 
 QUICK = 20
 
@@ -123,20 +123,23 @@ PONG: Final = 0xA
 TEXT: Final = 0x1
 
 
-async def _raw_socket(server: RunningServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A hand-made WebSocket client (so a flood is one write), authenticated, `connected` read."""
+async def _raw_socket(
+    server: RunningServer, authenticated: bool = True,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A hand-made WebSocket client (so a flood is one write); with a header token, `connected` read."""
     port = server.server.port
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     key = base64.b64encode(os.urandom(16)).decode()
+    token = f"Authorization: Bearer {server.admin_token()}\r\n" if authenticated else ""
     writer.write(
         f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-        f"Authorization: Bearer {server.admin_token()}\r\n\r\n".encode(),
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{token}\r\n".encode(),
     )
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     assert head.startswith(b"HTTP/1.1 101"), head
-    opcode, hello = await asyncio.wait_for(_read_frame(reader), 5)
-    assert opcode == TEXT and json.loads(hello)["method"] == "connected"
+    if authenticated:
+        opcode, hello = await asyncio.wait_for(_read_frame(reader), 5)
+        assert opcode == TEXT and json.loads(hello)["method"] == "connected"
     return reader, writer
 
 
@@ -180,22 +183,28 @@ class _LoopTurns:
         return self.turns
 
 
-async def test_a_flood_of_pings_in_one_read_lets_the_loop_run_every_quick_run_frames(state_dir: Path) -> None:
+@pytest.mark.parametrize("authenticated", [True, False], ids=["authenticated", "before-auth"])
+async def test_a_flood_of_pings_in_one_read_lets_the_loop_run_every_quick_run_frames(
+    state_dir: Path, authenticated: bool,
+) -> None:
     # 40,000 empty pings are 240 KB, one socket read; each is answered without waiting, so
-    # without a pause the reader answered them all in one go and held the loop for it.
+    # without a pause the reader answered them all in one go and held the loop for it (also
+    # on a socket still waiting for its `auth` message: anyone on the LAN could).
     pings = 40_000
     async with running_server(make_config(state_dir)) as server:
-        reader, writer = await _raw_socket(server)
+        reader, writer = await _raw_socket(server, authenticated)
         try:
             counting = _LoopTurns()
-            writer.write(_frame(PING) * pings + _frame(TEXT, request("apps.list", request_id="after").encode()))
+            after = request("apps.list", request_id="after") if authenticated else auth_message(server.admin_token())
+            writer.write(_frame(PING) * pings + _frame(TEXT, after.encode()))
             pongs = 0
             async with asyncio.timeout(10):
                 while (frame := await _read_frame(reader))[0] == PONG:
                     pongs += 1
             turns = await counting.stop()
             assert pongs == pings
-            assert json.loads(frame[1]) == {"jsonrpc": "2.0", "result": [], "id": "after"}
+            expected: dict[str, Any] = {"jsonrpc": "2.0", "result": [] if authenticated else True, "id": "after" if authenticated else 1}
+            assert json.loads(frame[1]) == expected
             # One pause per QUICK_RUN frames would be 625; with none, a handful (one per read).
             assert turns >= pings // QUICK_RUN // 2
         finally:

@@ -241,17 +241,21 @@ async def _authenticate(connection: ClientConnection, runtime: Runtime) -> tuple
     """Wait for the `auth` request; its claims and id, or None once the socket is being closed."""
     socket = connection.socket
     timeout = runtime.config.server.ws_auth_timeout
+    control = 0
     try:
         async with asyncio.timeout(timeout):
             while True:
                 message = await socket.receive()
                 if message.type is WSMsgType.PING:
-                    connection.heard()
                     await socket.pong(message.data)
-                    continue
-                if message.type is not WSMsgType.PONG:
+                elif message.type is not WSMsgType.PONG:
                     break
                 connection.heard()
+                # As in _Reader.read: a flood of pings in one read must not hold the loop.
+                control += 1
+                if control >= QUICK_RUN:
+                    control = 0
+                    await asyncio.sleep(0)
     except TimeoutError:
         # Holding an authentication slot without a word is squatting: it counts like a bad token.
         audit("auth", outcome="refused", reason="no auth message", remote=connection.address, transport="ws")
