@@ -24,7 +24,7 @@ from osnova_server import config as config_module
 from osnova_server.config import Config
 from osnova_server.security.tokens import Scope, TokenAuthority
 from osnova_server.server import Server
-from osnova_server.web.pool import ConnectionPool
+from osnova_server.web.pool import WS_IDLE, ConnectionPool
 from osnova_server.web.websocket import MAX_IN_FLIGHT, POOL_KEY, RETRY_AFTER_BUSY
 from tests.conftest import (
     TEST_SECRET,
@@ -545,6 +545,22 @@ async def test_a_peer_that_stops_answering_pings_is_dropped_and_a_live_one_kept(
         await asyncio.sleep(1.0)  # another heartbeat round for the live client
         assert await open_connections(server) == 1
         assert (await call(live, "apps.list"))["result"] == []
+
+
+async def test_a_peer_that_only_answers_pings_is_still_reaped_as_idle(state_dir: Path) -> None:
+    # Pongs keep a socket from being dropped as dead, not from being closed as idle: the
+    # heartbeat's measure (any frame) and the reaper's (a message or a ping) are apart.
+    config = make_config(state_dir, server={"idle_timeout": 2, "ws_heartbeat": 1})
+    async with running_server(config) as server, ws_connect(server, server.admin_token()) as ws:
+        await connected(ws)
+        (connection,) = pool_of(server)
+        started = time.monotonic()
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 6)  # the `websockets` client answers every ping
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == WS_IDLE
+        assert connection.last_heard > connection.last_activity  # it was pinged, and answered
+        assert 2.0 <= time.monotonic() - started < 5.0
+        assert await open_connections(server) == 0
 
 
 async def test_rate_limit_refuses_the_upgrade_and_messages_with_nothing_run(state_dir: Path) -> None:
