@@ -231,3 +231,29 @@ async def test_pipelined_batches_let_the_loop_run_every_quick_run_calls(state_di
             assert turns >= batches * size // QUICK_RUN // 2
         finally:
             writer.close()
+
+
+async def test_frames_skipped_while_draining_let_the_loop_run_every_quick_run_frames(
+    state_dir: Path, held_host: SlowHost,
+) -> None:
+    # A socket closing with a grace period (a revoked device, a shutdown) skips the calls that
+    # still arrive, without waiting: a flood of them in one read must pause like any other.
+    frames = 40_000
+    config = make_config(state_dir, apps={"allow_http": True, "fetch_timeout": 30.0})
+    async with running_server(config) as server:
+        reader, writer = await _raw_socket(server)
+        try:
+            writer.write(_frame(TEXT, request("apps.install", {"manifest_uri": held_host.url}, "install").encode()))
+            await eventually(lambda: _true(held_host.in_flight == 1))
+            (connection,) = list(pool_of(server))
+            connection.close(1001, "going away", grace=30.0)  # drains while the install is held
+            await eventually(lambda: _true(connection.draining))
+            counting = _LoopTurns()
+            writer.write(_frame(TEXT, b"{}") * frames + _frame(PING, b"end"))
+            async with asyncio.timeout(10):
+                assert await _read_frame(reader) == (PONG, b"end")  # nothing else: the calls were skipped
+            turns = await counting.stop()
+            assert turns >= frames // QUICK_RUN // 2
+        finally:
+            held_host.release.set()  # the install ends, and with it the grace: no wait at shutdown
+            writer.close()

@@ -389,8 +389,14 @@ class _Reader:
         runtime = self.runtime
         clock = connection.pool.clock
         claims = self.claims
+        # Frames answered without waiting since the loop last ran other work (a batch counts
+        # each member): a client that pipelines many quick calls, batches or pings (40,000 empty
+        # ones fit in one socket read) must not keep the loop from every other socket.
         quick = 0
         while True:
+            if quick >= QUICK_RUN:
+                quick = 0
+                await asyncio.sleep(0)
             if not connection.has_room:
                 # More than max_ws_queue_bytes wait for this client: read none of its requests
                 # until it takes some (aiohttp stops reading the socket too, so TCP pushes back).
@@ -402,12 +408,14 @@ class _Reader:
             if kind is _TEXT:
                 messages.inc(_IN)
                 if connection.draining:
+                    quick += 1
                     continue  # closing with a grace period: calls that arrive now are not run
                 connection.last_activity = connection.last_heard = clock()  # touch(), inlined
                 runtime.record_seen(claims)
                 if connection.calls >= MAX_IN_FLIGHT:
                     await connection.wait_for_calls(MAX_IN_FLIGHT - 1)
                     if connection.draining:
+                        quick += 1
                         continue
                 # What the call sets while it runs stays in this task's context if it waits, so
                 # reading goes on from the context as it was before it.
@@ -417,11 +425,6 @@ class _Reader:
                     waiting_on = serving.send(None)
                 except StopIteration as done:
                     quick += done.value
-                    if quick >= QUICK_RUN:
-                        # A client that pipelines many quick calls (or batches) must not keep
-                        # the loop from every other socket: let it run once in a while.
-                        quick = 0
-                        await asyncio.sleep(0)
                     continue
                 connection.call_started()
                 if self.ended is None:
@@ -450,12 +453,7 @@ class _Reader:
                 # once the calls still waiting are over.
                 connection.close(socket.close_code or WSCloseCode.OK, "")
                 return True
-            # A ping or a pong, answered without waiting too: a flood of these tiny frames
-            # (40,000 fit in one socket read) must not hold the loop longer than one of calls.
-            quick += 1
-            if quick >= QUICK_RUN:
-                quick = 0
-                await asyncio.sleep(0)
+            quick += 1  # a ping or a pong, answered without waiting too
 
     async def serve(self, raw: str) -> int:
         """Run one message and send its answer, if one is owed; how many calls it held (for QUICK_RUN)."""
