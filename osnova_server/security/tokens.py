@@ -40,7 +40,6 @@ REVOKED: Final = "revoked"
 MISSING_CLAIM: Final = "missing claim"
 
 
-
 @functools.cache
 def _decoder() -> jwt.PyJWT:
     """pyjwt's decoder, made on the first token check rather than at import.
