@@ -85,11 +85,17 @@ def _log_size(tmp_path: Path) -> int:
 
 
 def _refused(port: int) -> bool:
-    """Whether a new TCP connection to the port is refused."""
+    """Whether a new TCP connection to the port is refused.
+
+    A connect that lands in the listen queue just as the server closes its listening socket is
+    reset instead: not a refusal yet, so the caller's next look sees the port closed for good.
+    """
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        pass  # in the queue as the listener closed (see above): look again
     return False
 
 
