@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -98,9 +99,9 @@ class SlowHost:
         return web.json_response(manifest(name="Slow"))
 
 
-@pytest.fixture
-async def slow_host() -> AsyncIterator[SlowHost]:
-    """The slow host on an ephemeral loopback port."""
+@asynccontextmanager
+async def serving_slow_host() -> AsyncIterator[SlowHost]:
+    """A SlowHost on an ephemeral loopback port, released and stopped at the end."""
     host = SlowHost()
     app = web.Application()
     app.router.add_get("/slow.json", host.handle)
@@ -110,9 +111,18 @@ async def slow_host() -> AsyncIterator[SlowHost]:
     site = web.SockSite(runner, sock)
     await site.start()
     host.url = f"http://127.0.0.1:{sock.getsockname()[1]}/slow.json"
-    yield host
-    host.release.set()
-    await runner.cleanup()
+    try:
+        yield host
+    finally:
+        host.release.set()
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def slow_host() -> AsyncIterator[SlowHost]:
+    """The slow host on an ephemeral loopback port."""
+    async with serving_slow_host() as host:
+        yield host
 
 
 @pytest.fixture

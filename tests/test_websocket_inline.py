@@ -19,12 +19,10 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
-from aiohttp import web
 
 from osnova_server.web.websocket import QUICK_RUN
 from tests.conftest import RunningServer, make_config, running_server
-from tests.servers import bound_loopback_socket
-from tests.test_fetch_slots import SlowHost
+from tests.test_fetch_slots import SlowHost, serving_slow_host
 from tests.test_websocket import auth_message, connected, eventually, pool_of, request, ws_connect
 
 QUICK = 20
@@ -33,17 +31,8 @@ QUICK = 20
 @pytest.fixture
 async def held_host() -> AsyncIterator[SlowHost]:
     """A loopback manifest host that holds every request until released."""
-    host = SlowHost()
-    app = web.Application()
-    app.router.add_get("/held.json", host.handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    sock = bound_loopback_socket()
-    await web.SockSite(runner, sock).start()
-    host.url = f"http://127.0.0.1:{sock.getsockname()[1]}/held.json"
-    yield host
-    host.release.set()
-    await runner.cleanup()
+    async with serving_slow_host() as host:
+        yield host
 
 
 async def _true(value: bool) -> bool:
