@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import Any, Literal, cast
 
 import pytest
@@ -140,6 +141,14 @@ GOOD_BINDINGS = [
     pytest.param({"name": "", "count": -7}, {"name": "", "count": -7, "tags": None, "ratio": 0.5},
                  id="empty-string-negative-int"),
 ]
+
+
+async def _spin_until(condition: Callable[[], bool]) -> None:
+    """Let the event loop run, turn by turn (100 turns at most, no sleeping), until `condition()` holds."""
+    for _ in range(100):
+        if condition():
+            return
+        await asyncio.sleep(0)
 
 
 @pytest.mark.parametrize(("params", "expected"), GOOD_BINDINGS)
@@ -307,10 +316,7 @@ async def test_batch_members_run_concurrently_within_the_bound() -> None:
 
     members = [{"jsonrpc": "2.0", "method": "slow.wait", "id": n} for n in range(BATCH_CONCURRENCY * 3)]
     task = asyncio.ensure_future(Dispatcher(local).respond(protocol.Envelope(members, True), context(), UNBOUNDED))
-    for _ in range(100):
-        if running == BATCH_CONCURRENCY:
-            break
-        await asyncio.sleep(0)
+    await _spin_until(lambda: running == BATCH_CONCURRENCY)
     assert running == BATCH_CONCURRENCY  # that many run at once, and no more
     release.set()
     wire = await task
@@ -399,10 +405,7 @@ async def test_cancelling_a_batch_cancels_the_waiting_member_and_those_after_it(
 
     members = [{"jsonrpc": "2.0", "method": "slow.forever", "params": {"n": n}, "id": n} for n in range(3)]
     task = asyncio.ensure_future(Dispatcher(local).respond(protocol.Envelope(members, True), context(), UNBOUNDED))
-    for _ in range(100):
-        if waiting == 3:
-            break
-        await asyncio.sleep(0)
+    await _spin_until(lambda: waiting == 3)
     assert waiting == 3
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -461,10 +464,7 @@ async def test_a_batch_cut_short_reports_the_calls_that_ended() -> None:
     members = [{"jsonrpc": "2.0", "method": name, "id": n} for n, name in enumerate(names)]
     dispatcher = Dispatcher(local, observe=observed)
     task = asyncio.ensure_future(dispatcher.respond(protocol.Envelope(members, True), context(), UNBOUNDED))
-    for _ in range(100):
-        if waiting == 2:
-            break
-        await asyncio.sleep(0)
+    await _spin_until(lambda: waiting == 2)
     assert waiting == 2
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
