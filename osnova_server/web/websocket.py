@@ -35,7 +35,7 @@ from osnova_server.rpc import codec, protocol
 from osnova_server.rpc.context import Context
 from osnova_server.rpc.protocol import Envelope, error_answer, resume_started
 from osnova_server.runtime import Runtime
-from osnova_server.security.ratelimit import RateLimiter, retry_after_header
+from osnova_server.security.ratelimit import retry_after_header
 from osnova_server.security.tokens import Claims, TokenInvalid
 from osnova_server.timestamps import rfc3339
 from osnova_server.web.errors import json_error
@@ -462,11 +462,8 @@ class _Reader:
         envelope: Envelope | None = None
         try:
             envelope = protocol.decode(raw, limits.max_batch)
-            limiter = runtime.limiter
-            if type(limiter) is RateLimiter:
-                wait = limiter.take(self.bucket, envelope.cost)  # no coroutine for what never waits
-            else:
-                wait = await limiter.acquire(self.bucket, envelope.cost)
+            # The in-process limiter answers without waiting, so this message still runs inline.
+            wait = await runtime.limiter.acquire(self.bucket, envelope.cost)
             if wait > 0:
                 refused = _rate_limited(envelope, wait)
                 answer = None if refused is None else codec.dumps(refused)
